@@ -1,0 +1,67 @@
+//! Fatal errors: each prints as one line (`effe-host: what: why`) and maps to its own exit code,
+//! so that an operator (or a container orchestrator) can tell failures apart.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A failure that stops the host.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// Flags that make no sense together (clap reports its own usage errors with code 2 too).
+    #[error("{0}")]
+    Usage(String),
+    /// The plugin could not be loaded.
+    #[error("cannot load plugin {path}: {reason}", path = .path.display())]
+    Load {
+        path: PathBuf,
+        kind: LoadFailure,
+        reason: String,
+    },
+    /// The effe's Init failed or panicked.
+    #[error("effe {0}: init {1}")]
+    Init(String, String),
+    /// A Start at boot (for --min-contexts) failed.
+    #[error("effe {0}: start of the minimum Contexts failed: {1}")]
+    BootStart(String, String),
+    /// The listener could not be set up.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
+    /// Anything else at run time (the runtime could not be built, …).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Why a plugin was refused; each has its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadFailure {
+    /// Missing or unreadable file.
+    Missing,
+    /// Not a shared library (dlopen refused it).
+    NotALibrary,
+    /// A shared library without the effe root module.
+    NoRootModule,
+    /// Built against an incompatible effe-abi (version or type layouts).
+    Incompatible,
+    /// Writable by group or others.
+    Insecure,
+}
+
+impl Fatal {
+    /// The process exit code. Documented in the README; never reuse a number.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Fatal::Usage(_) => 2,
+            Fatal::Load { kind, .. } => match kind {
+                LoadFailure::Missing => 3,
+                LoadFailure::NotALibrary => 4,
+                LoadFailure::NoRootModule => 5,
+                LoadFailure::Incompatible => 6,
+                LoadFailure::Insecure => 7,
+            },
+            Fatal::Init(..) => 8,
+            Fatal::BootStart(..) => 9,
+            Fatal::Listen(..) => 10,
+            Fatal::Runtime(_) => 1,
+        })
+    }
+}

@@ -1,0 +1,317 @@
+//! The HTTP side: one task per connection (HTTP/1.1 or HTTP/2 with prior knowledge, chosen by
+//! hyper-util's auto builder), every request handed to the effe through the Context pool, and a
+//! graceful drain on SIGTERM/SIGINT.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use effe_abi::ResponseBuffer;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::{CallMode, Config};
+use crate::error::Fatal;
+use crate::log::RunLog;
+use crate::plugin::{Call, Context, Plugin};
+use crate::pool::{AcquireError, Lease, Manager, Pool};
+
+/// The pool's view of the effe: Start and Stop, with failures logged.
+pub struct Effes(Plugin);
+
+impl Manager for Effes {
+    type Context = Context;
+
+    fn start(&self) -> Result<Context, String> {
+        self.0.start().map_err(|f| f.to_string())
+    }
+
+    fn stop(&self, ctx: Context) {
+        if let Err(f) = self.0.stop(ctx) {
+            tracing::error!(effe = self.0.info().name, "stop {f}");
+        }
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+struct App {
+    plugin: Plugin,
+    pool: Pool<Effes>,
+    call_mode: CallMode,
+    max_body_size: usize,
+    run_log: RunLog,
+    ids: RequestIds,
+}
+
+type Body = Full<Bytes>;
+
+/// Request ids: a per-process random prefix and a counter, unless the client (an Ingress) sent
+/// a usable `x-request-id`.
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        RequestIds {
+            prefix: h.finish() as u32,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!("{:08x}-{:x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn usable_request_id(v: &HeaderValue) -> Option<&str> {
+    let bytes = v.as_bytes();
+    let ok = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic());
+    if ok {
+        v.to_str().ok()
+    } else {
+        None
+    }
+}
+
+fn plain(status: StatusCode) -> Response<Body> {
+    let text = status.canonical_reason().unwrap_or("Error");
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn internal_error(request_id: &str) -> Response<Body> {
+    let mut resp = plain(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+fn unavailable(err: &AcquireError) -> Response<Body> {
+    tracing::debug!(error = %err, "503");
+    let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+impl App {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<str>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.max_body_size).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return plain(StatusCode::PAYLOAD_TOO_LARGE)
+            }
+            Err(_) => return plain(StatusCode::BAD_REQUEST),
+        };
+        let mut lease = match self.pool.acquire().await {
+            Ok(lease) => lease,
+            Err(e) => return unavailable(&e),
+        };
+        match self.call_mode {
+            CallMode::Inline => self.invoke(&mut lease, &parts, &body, &peer),
+            CallMode::Thread => {
+                let app = self.clone();
+                tokio::task::spawn_blocking(move || app.invoke(&mut lease, &parts, &body, &peer))
+                    .await
+                    .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR))
+            }
+        }
+    }
+
+    /// Calls Run and turns what it wrote into a response. Never panics: an effe panic arrives
+    /// here as a value.
+    fn invoke(
+        &self,
+        lease: &mut Lease<Effes>,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        peer: &str,
+    ) -> Response<Body> {
+        let generated;
+        let request_id = match parts.headers.get("x-request-id").and_then(usable_request_id) {
+            Some(id) => id,
+            None => {
+                generated = self.ids.next();
+                &generated
+            }
+        };
+        let call = Call {
+            parts,
+            body,
+            peer_addr: peer,
+            request_id,
+        };
+        let mut out = ResponseBuffer::new();
+        match self.plugin.run(lease.context(), &call, &mut out) {
+            Ok(()) => into_response(out),
+            Err(failure) => {
+                self.run_log.run_failed(request_id, &failure);
+                if failure.panicked {
+                    lease.retire();
+                    internal_error(request_id)
+                } else if out.is_written() {
+                    into_response(out)
+                } else {
+                    internal_error(request_id)
+                }
+            }
+        }
+    }
+}
+
+fn into_response(out: ResponseBuffer) -> Response<Body> {
+    let (status, headers, body) = out.into_parts();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Starts the minimum Contexts, listens, serves until SIGTERM/SIGINT, drains, stops every
+/// Context.
+pub async fn run(config: Config, plugin: Plugin) -> Result<(), Fatal> {
+    let info = plugin.info();
+    // Installed first, so that a signal during boot is a clean shutdown, not a kill.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Fatal::Runtime(e.to_string()))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Fatal::Runtime(e.to_string()))?;
+
+    let call_mode = config.call_mode.unwrap_or(if info.nonblocking {
+        CallMode::Inline
+    } else {
+        CallMode::Thread
+    });
+    let pool = Pool::new(
+        Effes(plugin),
+        config.pool.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let filler = pool.clone();
+    tokio::task::spawn_blocking(move || filler.fill())
+        .await
+        .map_err(|e| Fatal::Runtime(e.to_string()))?
+        .map_err(|e| Fatal::BootStart(info.name.to_owned(), e))?;
+
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            pool.close(Instant::now() + config.shutdown_timeout).await;
+            return Err(Fatal::Listen(config.listen, e));
+        }
+    };
+    let addr = listener.local_addr().map_err(|e| Fatal::Listen(config.listen, e))?;
+    let app = Arc::new(App {
+        plugin,
+        pool: pool.clone(),
+        call_mode,
+        max_body_size: config.max_body_size,
+        run_log: RunLog::connect(config.syslog.clone(), info.name),
+        ids: RequestIds::new(),
+    });
+    tokio::spawn(pool.clone().maintain());
+    tracing::info!(
+        %addr,
+        effe = info.name,
+        version = info.version,
+        call = ?call_mode,
+        min_contexts = config.pool.min,
+        max_contexts = config.pool.max,
+        "listening"
+    );
+
+    let shutdown = async {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    };
+    let (signal_name, graceful) = accept_loop(listener, app, shutdown).await;
+    let deadline = Instant::now() + config.shutdown_timeout;
+    tracing::info!(signal = signal_name, "shutting down: draining in-flight requests");
+    drain(graceful, deadline).await;
+    let left = pool.close(deadline).await;
+    if left > 0 {
+        return Err(Fatal::Runtime(format!(
+            "{left} Context(s) still in Run at the shutdown deadline; exiting without stopping them"
+        )));
+    }
+    tracing::info!("all Contexts stopped; bye");
+    Ok(())
+}
+
+async fn drain(graceful: GracefulShutdown, deadline: Instant) {
+    if tokio::time::timeout_at(deadline.into(), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open at the shutdown deadline");
+    }
+}
+
+/// Accepts until `shutdown` resolves; returns what ended it and the connections to drain.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> (&'static str, GracefulShutdown) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    let signal_name = loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            name = &mut shutdown => break name,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let peer: Arc<str> = peer.to_string().into();
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    };
+    (signal_name, graceful)
+}
