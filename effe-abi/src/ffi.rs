@@ -42,7 +42,7 @@ impl RawContext {
 
     /// # Safety
     /// `self` must have been made by `RawContext::new::<C>`.
-        pub(crate) unsafe fn as_mut<C>(&mut self) -> &mut C {
+    pub(crate) unsafe fn as_mut<C>(&mut self) -> &mut C {
         // SAFETY: by this function's contract the pointer came from `Box::<C>::leak`, it is still
         // owned by `self`, and `&mut self` makes the borrow exclusive.
         unsafe { self.0.cast::<C>().as_mut() }
@@ -50,7 +50,7 @@ impl RawContext {
 
     /// # Safety
     /// `self` must have been made by `RawContext::new::<C>`.
-        pub(crate) unsafe fn into_inner<C>(self) -> C {
+    pub(crate) unsafe fn into_inner<C>(self) -> C {
         // SAFETY: by this function's contract the pointer came from `Box::<C>::leak` in this same
         // library (same allocator), and `self` is consumed, so the box is rebuilt exactly once.
         *unsafe { Box::from_raw(self.0.cast::<C>().as_ptr()) }
@@ -81,4 +81,3 @@ pub trait ResponseSink {
     #[sabi(last_prefix_field)]
     fn write_body(&mut self, chunk: RSlice<'_, u8>);
 }
-

@@ -13,8 +13,10 @@
 
 use abi_stable::library::RootModule;
 use abi_stable::std_types::{RResult, RStr};
-use abi_stable::{declare_root_module_statics, package_version_strings, sabi_types::VersionStrings};
 use abi_stable::StableAbi;
+use abi_stable::{
+    declare_root_module_statics, package_version_strings, sabi_types::VersionStrings,
+};
 
 use crate::{EffeError, RawContext, Request, ResponseWriter};
 

@@ -47,7 +47,10 @@ impl ResponseWriter<'_> {
     ///
     /// If `code` is not a final status (200–999).
     pub fn status(&mut self, code: u16) -> Result<&mut Self, Error> {
-        self.sink.set_status(code).into_result().map_err(Error::msg)?;
+        self.sink
+            .set_status(code)
+            .into_result()
+            .map_err(Error::msg)?;
         Ok(self)
     }
 
@@ -144,7 +147,11 @@ impl ResponseBuffer {
 
     /// The status (200 unless set), headers and body.
     pub fn into_parts(self) -> (StatusCode, HeaderMap, Vec<u8>) {
-        (self.status.unwrap_or(StatusCode::OK), self.headers, self.body)
+        (
+            self.status.unwrap_or(StatusCode::OK),
+            self.headers,
+            self.body,
+        )
     }
 }
 
@@ -195,7 +202,10 @@ mod tests {
             assert!(w.header("bad name", "x").is_err());
             assert!(w.header("x-ok", b"\n").is_err());
             w.status(404).unwrap().header("x-a", "1").unwrap();
-            w.header("x-a", "2").unwrap().header("content-length", "9").unwrap();
+            w.header("x-a", "2")
+                .unwrap()
+                .header("content-length", "9")
+                .unwrap();
             w.body("not ").body("found");
         }
         assert!(buf.is_written());

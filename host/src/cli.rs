@@ -19,11 +19,16 @@ pub struct Args {
     pub plugin: PathBuf,
 
     /// Print the effe's metadata as one JSON object and exit (Init is not called).
-    #[arg(long)]
+    #[arg(long, env = "EFFE_INFO")]
     pub info: bool,
 
     /// Address to listen on, for HTTP/1.1 and cleartext HTTP/2 (prior knowledge).
-    #[arg(long, env = "EFFE_LISTEN", value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "EFFE_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Contexts started before the listener accepts, and kept however idle.
@@ -32,7 +37,12 @@ pub struct Args {
 
     /// Most Contexts alive at once: the host's concurrency limit (and so the most database
     /// connections an effe that opens one per Context holds).
-    #[arg(long, env = "EFFE_MAX_CONTEXTS", value_name = "N", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "EFFE_MAX_CONTEXTS",
+        value_name = "N",
+        default_value_t = 16
+    )]
     pub max_contexts: usize,
 
     /// How long a request waits for a free Context before it gets 503 with Retry-After.
@@ -61,7 +71,12 @@ pub struct Args {
     /// Where errors returned by Run (and panics) are logged: a unix socket path,
     /// `udp://HOST:PORT`, `tcp://HOST:PORT`, or `off` (stderr only). Falls back to stderr, with
     /// one warning, when the syslog cannot be reached.
-    #[arg(long, env = "EFFE_SYSLOG", value_name = "TARGET", default_value = "/dev/log")]
+    #[arg(
+        long,
+        env = "EFFE_SYSLOG",
+        value_name = "TARGET",
+        default_value = "/dev/log"
+    )]
     pub syslog: String,
 
     /// Load the plugin even if group or others may write to it.

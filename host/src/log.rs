@@ -104,7 +104,11 @@ impl RunLog {
             SyslogTarget::Off => return Err("off".into()),
             SyslogTarget::Unix(path) => syslog::unix_custom(formatter, path),
             SyslogTarget::Udp(addr) => {
-                let local = if addr.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+                let local = if addr.starts_with('[') {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                };
                 syslog::udp(formatter, local, addr.as_str())
             }
             SyslogTarget::Tcp(addr) => syslog::tcp(formatter, addr.as_str()),
@@ -124,7 +128,11 @@ impl RunLog {
 
     /// Logs what `run` reported for request `request_id`.
     pub fn run_failed(&self, request_id: &str, failure: &crate::plugin::Failure) {
-        let what = if failure.panicked { "panicked" } else { "failed" };
+        let what = if failure.panicked {
+            "panicked"
+        } else {
+            "failed"
+        };
         let line = format!(
             "effe={} request_id={} run {}: {}",
             self.effe, request_id, what, failure.message

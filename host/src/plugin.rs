@@ -30,7 +30,7 @@ pub struct Info {
 
 impl Info {
     /// The metadata as one JSON object (what `--info` prints).
-    pub fn to_json(&self) -> String {
+    pub fn to_json(self) -> String {
         serde_json::json!({
             "name": self.name,
             "version": self.version,
@@ -112,7 +112,10 @@ fn classify(err: &LibraryError) -> (LoadFailure, String) {
     match err {
         LibraryError::OpenError { err, .. } => (
             LoadFailure::NotALibrary,
-            format!("not a loadable shared library: {}", one_line(&err.to_string())),
+            format!(
+                "not a loadable shared library: {}",
+                one_line(&err.to_string())
+            ),
         ),
         LibraryError::GetSymbolError { .. } => (
             LoadFailure::NoRootModule,
@@ -140,7 +143,10 @@ fn classify(err: &LibraryError) -> (LoadFailure, String) {
         ),
         LibraryError::RootModule { err, .. } => (
             LoadFailure::NoRootModule,
-            format!("the effe root module failed to load: {}", one_line(&err.to_string())),
+            format!(
+                "the effe root module failed to load: {}",
+                one_line(&err.to_string())
+            ),
         ),
         LibraryError::Many(errs) if !errs.is_empty() => classify(&errs[0]),
         other => (
@@ -175,7 +181,8 @@ impl Plugin {
                 ),
             ));
         }
-        fs::File::open(&canonical).map_err(|e| refuse(path, LoadFailure::Missing, e.to_string()))?;
+        fs::File::open(&canonical)
+            .map_err(|e| refuse(path, LoadFailure::Missing, e.to_string()))?;
         let module = EffeModuleRef::load_from_file(&canonical).map_err(|e| {
             let (kind, reason) = classify(&e);
             refuse(path, kind, reason)
@@ -210,11 +217,18 @@ impl Plugin {
 
     /// Calls `stop`, handing `ctx` back to the effe.
     pub fn stop(&self, ctx: Context) -> Result<(), Failure> {
-        (self.module.stop())(ctx.0).into_result().map_err(Failure::from)
+        (self.module.stop())(ctx.0)
+            .into_result()
+            .map_err(Failure::from)
     }
 
     /// Calls `run` with `call`, collecting the response into `out`.
-    pub fn run(&self, ctx: &mut Context, call: &Call<'_>, out: &mut ResponseBuffer) -> Result<(), Failure> {
+    pub fn run(
+        &self,
+        ctx: &mut Context,
+        call: &Call<'_>,
+        out: &mut ResponseBuffer,
+    ) -> Result<(), Failure> {
         let headers: Vec<Header<'_>> = call
             .parts
             .headers

@@ -112,7 +112,9 @@ pub struct Lease<M: Manager> {
 impl<M: Manager> Lease<M> {
     /// The Context.
     pub fn context(&mut self) -> &mut M::Context {
-        self.ctx.as_mut().expect("a lease holds its Context until dropped")
+        self.ctx
+            .as_mut()
+            .expect("a lease holds its Context until dropped")
     }
 
     /// Stop this Context instead of reusing it (its Run panicked: its state is suspect).
@@ -190,7 +192,11 @@ impl<M: Manager> Pool<M> {
         let grant = match inner.try_acquire()? {
             Next::Ready(ctx) => return Ok(inner.lease(ctx)),
             Next::Start => Grant::Start,
-            Next::Wait(waiting) => inner.wait(waiting, Some(inner.config.queue_timeout)).await?,
+            Next::Wait(waiting) => {
+                inner
+                    .wait(waiting, Some(inner.config.queue_timeout))
+                    .await?
+            }
         };
         match grant {
             Grant::Ready(ctx) => Ok(inner.lease(ctx)),
@@ -581,7 +587,10 @@ mod tests {
         assert_eq!(*l.context(), 1);
         drop(l);
         pool.close(far()).await;
-        assert_eq!(m.started.load(Ordering::SeqCst), m.stopped.load(Ordering::SeqCst));
+        assert_eq!(
+            m.started.load(Ordering::SeqCst),
+            m.stopped.load(Ordering::SeqCst)
+        );
     }
 
     #[tokio::test]
@@ -606,10 +615,16 @@ mod tests {
     async fn failed_start_is_reported_and_backs_off() {
         let (pool, m) = pool(0, 2, 1_000);
         m.fail.store(true, Ordering::SeqCst);
-        assert!(matches!(pool.acquire().await, Err(AcquireError::StartFailed(_))));
+        assert!(matches!(
+            pool.acquire().await,
+            Err(AcquireError::StartFailed(_))
+        ));
         m.fail.store(false, Ordering::SeqCst);
         // Inside the backoff window nothing is started.
-        assert!(matches!(pool.acquire().await, Err(AcquireError::StartFailed(_))));
+        assert!(matches!(
+            pool.acquire().await,
+            Err(AcquireError::StartFailed(_))
+        ));
         assert_eq!(m.started.load(Ordering::SeqCst), 0);
         assert_eq!(pool.counts(), (0, 0));
     }

@@ -73,7 +73,11 @@ impl RequestIds {
     }
 
     fn next(&self) -> String {
-        format!("{:08x}-{:x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{:08x}-{:x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -149,7 +153,11 @@ impl App {
         peer: &str,
     ) -> Response<Body> {
         let generated;
-        let request_id = match parts.headers.get("x-request-id").and_then(usable_request_id) {
+        let request_id = match parts
+            .headers
+            .get("x-request-id")
+            .and_then(usable_request_id)
+        {
             Some(id) => id,
             None => {
                 generated = self.ids.next();
@@ -219,7 +227,9 @@ pub async fn run(config: Config, plugin: Plugin) -> Result<(), Fatal> {
             return Err(Fatal::Listen(config.listen, e));
         }
     };
-    let addr = listener.local_addr().map_err(|e| Fatal::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Fatal::Listen(config.listen, e))?;
     let app = Arc::new(App {
         plugin,
         pool: pool.clone(),
@@ -247,7 +257,10 @@ pub async fn run(config: Config, plugin: Plugin) -> Result<(), Fatal> {
     };
     let (signal_name, graceful) = accept_loop(listener, app, shutdown).await;
     let deadline = Instant::now() + config.shutdown_timeout;
-    tracing::info!(signal = signal_name, "shutting down: draining in-flight requests");
+    tracing::info!(
+        signal = signal_name,
+        "shutting down: draining in-flight requests"
+    );
     drain(graceful, deadline).await;
     let left = pool.close(deadline).await;
     if left > 0 {

@@ -1,1 +1,378 @@
-//! Harness.
+//! Test harness: runs the real `effe-host` binary with a real effe on 127.0.0.1 (a free port
+//! chosen by the kernel), waits for its `listening` line (no fixed sleeps), and talks to it
+//! over real sockets with hyper's client (HTTP/1.1 or h2c, one connection per request).
+//!
+//! The binaries come from the same target directory as the test binary: build the workspace
+//! first (`make test` does).
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tempfile::TempDir;
+
+/// How long a host may take to become ready, or to exit, before a test gives up.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `target/<profile>`: where cargo put this test binary's siblings.
+fn artifacts() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/e2e-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/<profile>/deps")
+        .to_owned()
+}
+
+fn artifact(name: &str) -> PathBuf {
+    let path = artifacts().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (make test, or cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// The effe-host binary.
+pub fn host_bin() -> PathBuf {
+    artifact("effe-host")
+}
+
+/// A private copy of effe `name` (`hello`, `echo`, `fixture-lifecycle`, …) in `dir`, mode 0755,
+/// so that the permission check passes whatever the umask of the build was.
+pub fn plugin_in(dir: &Path, name: &str) -> PathBuf {
+    let file = format!("lib{}.so", name.replace('-', "_"));
+    let dest = dir.join(&file);
+    fs::copy(artifact(&file), &dest).expect("copy plugin");
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).expect("chmod plugin");
+    dest
+}
+
+/// What a finished host printed and how it ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// A command line for effe-host, with its own temporary directory.
+pub struct HostCmd {
+    cmd: Command,
+    pub dir: TempDir,
+}
+
+impl HostCmd {
+    /// `effe-host --plugin <copy of name>` listening on 127.0.0.1:0, syslog off.
+    pub fn new(plugin: &str) -> HostCmd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = plugin_in(dir.path(), plugin);
+        HostCmd::with_path(&path, dir)
+    }
+
+    /// `effe-host --plugin path`, listening on 127.0.0.1:0, syslog off.
+    pub fn with_path(path: &Path, dir: TempDir) -> HostCmd {
+        let mut cmd = Command::new(host_bin());
+        cmd.arg("--plugin")
+            .arg(path)
+            // Through the environment, so that tests can still pass the flags.
+            .env("EFFE_LISTEN", "127.0.0.1:0")
+            .env("EFFE_SYSLOG", "off")
+            .env("EFFE_LOG", "info")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        HostCmd { cmd, dir }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// A path inside this host's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs to completion (for hosts that must refuse to start).
+    pub fn run(mut self) -> Finished {
+        let child = self.cmd.spawn().expect("spawn effe-host");
+        let deadline = Instant::now() + PATIENCE;
+        let output = wait_output(child, deadline);
+        drop(self.dir);
+        output
+    }
+
+    /// Starts the host and waits until it is listening.
+    pub fn spawn(mut self) -> Host {
+        let mut child = self.cmd.spawn().expect("spawn effe-host");
+        let stderr = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        let pipe = child.stderr.take().expect("stderr piped");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let done = matches!(reader.read_line(&mut line), Ok(0) | Err(_));
+                let (text, cv) = &*sink;
+                let mut text = text.lock().unwrap();
+                if done {
+                    text.push_str("\n<eof>");
+                    cv.notify_all();
+                    return;
+                }
+                text.push_str(&line);
+                cv.notify_all();
+            }
+        });
+        let mut host = Host {
+            child,
+            stderr,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            dir: self.dir,
+        };
+        let line = host.wait_stderr(|s| s.contains("listening") || s.ends_with("<eof>"));
+        let addr = line
+            .split("listening addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("effe-host did not start:\n{line}"));
+        host.addr = addr;
+        host
+    }
+}
+
+fn wait_output(mut child: Child, deadline: Instant) -> Finished {
+    loop {
+        if let Some(_status) = child.try_wait().expect("try_wait") {
+            let out = child.wait_with_output().expect("output");
+            return Finished {
+                status: out.status,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            };
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("effe-host did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running effe-host; killed (by PID) if a test ends without stopping it.
+pub struct Host {
+    child: Child,
+    stderr: Arc<(Mutex<String>, Condvar)>,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+impl Host {
+    /// Everything the host wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.0.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr satisfies `pred` (or the host's stderr closes); returns it.
+    pub fn wait_stderr(&self, pred: impl Fn(&str) -> bool) -> String {
+        let (text, cv) = &*self.stderr;
+        let guard = text.lock().unwrap();
+        let (guard, timeout) = cv
+            .wait_timeout_while(guard, PATIENCE, |t| !pred(t) && !t.ends_with("<eof>"))
+            .unwrap();
+        assert!(!timeout.timed_out(), "stderr never matched:\n{}", *guard);
+        guard.clone()
+    }
+
+    /// Sends SIGTERM (to this host's PID only).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the host to exit; returns its status and all of its stderr.
+    pub fn wait(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let stderr = self.wait_stderr(|t| t.ends_with("<eof>"));
+                return (status, stderr);
+            }
+            assert!(Instant::now() < deadline, "effe-host did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.sigterm();
+        self.wait()
+    }
+
+    /// `GET path` over HTTP/1.1.
+    pub async fn get(&self, path: &str) -> Reply {
+        send(self.addr, Proto::Http1, get(path)).await
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The wire protocol of a test request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    /// HTTP/2 over cleartext, with prior knowledge.
+    H2c,
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// A `GET path` request with no body.
+pub fn get(path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(path)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Sends `req` on a new connection to `addr`.
+pub async fn send(addr: SocketAddr, proto: Proto, mut req: http::Request<Full<Bytes>>) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let io = TokioIo::new(stream);
+    let resp = match proto {
+        Proto::Http1 => {
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1");
+            tokio::spawn(conn);
+            req.headers_mut()
+                .insert(http::header::HOST, addr.to_string().parse().unwrap());
+            tx.send_request(req).await.expect("h1 request")
+        }
+        Proto::H2c => {
+            let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
+            tokio::spawn(conn);
+            let uri = format!("http://{addr}{}", req.uri());
+            *req.uri_mut() = uri.parse().unwrap();
+            tx.send_request(req).await.expect("h2 request")
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+/// The lifecycle log of a `fixture-lifecycle` effe, in its own directory so that it outlives
+/// the host.
+pub struct EventLog {
+    _dir: TempDir,
+    pub path: PathBuf,
+}
+
+impl EventLog {
+    pub fn new() -> EventLog {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events");
+        EventLog { _dir: dir, path }
+    }
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for EventLog {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Lines of a lifecycle log written by the `fixture-lifecycle` effe.
+pub fn events(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How many events start with `prefix` (`"start "`, `"stop "`, `"init"`).
+pub fn count(events: &[String], prefix: &str) -> usize {
+    events.iter().filter(|e| e.starts_with(prefix)).count()
+}
+
+/// Polls `path` until `pred` holds on its events (bounded by [`PATIENCE`]). The effe writes
+/// the file from its own threads; there is no other signal to wait on.
+pub fn wait_events(path: &Path, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let ev = events(path);
+        if pred(&ev) {
+            return ev;
+        }
+        assert!(Instant::now() < deadline, "lifecycle never matched: {ev:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

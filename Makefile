@@ -1,0 +1,26 @@
+# Thin wrappers over cargo. `make run` serves the hello effe on :8080; `make test` runs every test.
+CARGO ?= cargo
+LISTEN ?= 0.0.0.0:8080
+
+.PHONY: build run test lint clean
+
+build:
+	$(CARGO) build --workspace --release
+
+# The host refuses a plugin that group or others may write (a umask of 002 makes one): fix that.
+run:
+	$(CARGO) build --release -p effe-host -p hello
+	chmod go-w target/release/libhello.so
+	./target/release/effe-host --plugin target/release/libhello.so --listen $(LISTEN)
+
+# End-to-end tests run the built binaries and effes: build everything first.
+test:
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,93 @@
+//! Test fixture (not published): an effe that misbehaves on demand and records what the host
+//! does with it.
+//!
+//! - `EFFE_LIFECYCLE_LOG=FILE`: appends `init`, `start N`, `stop N` lines (one `write` each).
+//! - `FIXTURE_INIT=error|panic`, `FIXTURE_START=error|panic`: make that entry point fail.
+//! - `run` by path: `/panic` panics, `/error` returns an error, `/error-after-write` writes a
+//!   418 then returns an error, `/sleep?MS` records `sleep N MS` and sleeps MS milliseconds; every other path answers
+//!   `ctx N` with the serving Context's number.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use effe_abi::{Effe, Error, Request, ResponseWriter};
+
+struct Fixture {
+    log: Option<String>,
+    fail_start: Option<String>,
+    started: AtomicUsize,
+}
+
+struct Ctx {
+    n: usize,
+}
+
+fn record(log: &Option<String>, event: &str) -> Result<(), Error> {
+    if let Some(path) = log {
+        let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(format!("{event}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+fn fail(how: Option<&str>, what: &str) -> Result<(), Error> {
+    match how {
+        Some("error") => Err(Error::msg(format!("fixture {what} error"))),
+        Some("panic") => panic!("fixture {what} panic"),
+        _ => Ok(()),
+    }
+}
+
+impl Effe for Fixture {
+    type Context = Ctx;
+
+    fn init() -> Result<Self, Error> {
+        let log = std::env::var("EFFE_LIFECYCLE_LOG").ok();
+        record(&log, "init")?;
+        fail(std::env::var("FIXTURE_INIT").ok().as_deref(), "init")?;
+        Ok(Fixture {
+            log,
+            fail_start: std::env::var("FIXTURE_START").ok(),
+            started: AtomicUsize::new(0),
+        })
+    }
+
+    fn start(&self) -> Result<Ctx, Error> {
+        fail(self.fail_start.as_deref(), "start")?;
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        record(&self.log, &format!("start {n}"))?;
+        Ok(Ctx { n })
+    }
+
+    fn run(
+        &self,
+        ctx: &mut Ctx,
+        req: &Request<'_>,
+        resp: &mut ResponseWriter<'_>,
+    ) -> Result<(), Error> {
+        match req.path() {
+            "/panic" => panic!("fixture run panic in ctx {}", ctx.n),
+            "/error" => return Err(Error::msg(format!("fixture run error in ctx {}", ctx.n))),
+            "/error-after-write" => {
+                resp.status(418)?.body("partial");
+                return Err(Error::msg("fixture error after write"));
+            }
+            "/sleep" => {
+                let ms: u64 = req.query().unwrap_or("0").parse()?;
+                record(&self.log, &format!("sleep {} {ms}", ctx.n))?;
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            _ => {}
+        }
+        resp.body(format!("ctx {}\n", ctx.n));
+        Ok(())
+    }
+
+    fn stop(&self, ctx: Ctx) -> Result<(), Error> {
+        record(&self.log, &format!("stop {}", ctx.n))
+    }
+}
+
+effe_abi::export_effe!(Fixture);

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real effe-host binary, real effes, real sockets. One binary, one
+//! module per area.
+
+mod lifecycle;
+mod load;
+mod logging;
+mod serve;
