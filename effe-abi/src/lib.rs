@@ -96,6 +96,8 @@
 //!   [`EffeInfo`], [`EffeError`], [`ErrorKind`]) changes its layout: bump the minor version while
 //!   0.x (the major after 1.0). The load-time check then refuses effes built against the old one.
 
+#![warn(missing_docs)]
+
 mod effe;
 mod error;
 mod export;
