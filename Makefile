@@ -11,7 +11,7 @@ build:
 run:
 	$(CARGO) build --release -p effe-host -p hello
 	chmod go-w target/release/libhello.so
-	./target/release/effe-host --plugin target/release/libhello.so --listen $(LISTEN)
+	./target/release/effe-host --plugin target/release/libhello.so --listen $(LISTEN) $(RUN_ARGS)
 
 # End-to-end tests run the built binaries and effes: build everything first.
 test:

@@ -31,6 +31,29 @@ pub struct Args {
     )]
     pub listen: SocketAddr,
 
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on --listen with this PEM certificate chain
+    /// (leaf first, then intermediates). Reloaded on SIGHUP.
+    #[arg(long, env = "EFFE_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert: PEM, PKCS#8, PKCS#1 (RSA) or SEC1 (EC). Reloaded on SIGHUP.
+    #[arg(long, env = "EFFE_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by one of these CAs (mutual TLS).
+    #[arg(
+        long,
+        env = "EFFE_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How long a client may take to complete the TLS handshake.
+    #[arg(long, env = "EFFE_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
     /// Contexts started before the listener accepts, and kept however idle.
     #[arg(long, env = "EFFE_MIN_CONTEXTS", value_name = "N", default_value_t = 1)]
     pub min_contexts: usize,
@@ -114,6 +137,7 @@ pub struct Config {
     pub plugin: PathBuf,
     pub info: bool,
     pub listen: SocketAddr,
+    pub tls: Option<crate::tls::TlsConfig>,
     pub pool: crate::pool::PoolConfig,
     pub max_body_size: usize,
     pub shutdown_timeout: Duration,
@@ -154,6 +178,15 @@ impl Args {
             plugin: self.plugin,
             info: self.info,
             listen: self.listen,
+            tls: self
+                .tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| crate::tls::TlsConfig {
+                    cert,
+                    key,
+                    client_ca: self.tls_client_ca,
+                    handshake_timeout: self.tls_handshake_timeout,
+                }),
             pool: crate::pool::PoolConfig {
                 min: self.min_contexts,
                 max: self.max_contexts,

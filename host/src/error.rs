@@ -26,6 +26,13 @@ pub enum Fatal {
     /// The listener could not be set up.
     #[error("cannot listen on {0}: {1}")]
     Listen(std::net::SocketAddr, std::io::Error),
+    /// The TLS files could not be used.
+    #[error("TLS: {path}: {reason}", path = .path.display())]
+    Tls {
+        path: PathBuf,
+        kind: TlsFailure,
+        reason: String,
+    },
     /// Anything else at run time (the runtime could not be built, …).
     #[error("{0}")]
     Runtime(String),
@@ -46,6 +53,21 @@ pub enum LoadFailure {
     Insecure,
 }
 
+/// Why the TLS setup failed; each has its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// A PEM file is missing or unreadable.
+    Unreadable,
+    /// No certificate in the certificate (or client CA) file.
+    NoCertificate,
+    /// No usable private key in the key file.
+    NoKey,
+    /// The key does not match the certificate.
+    KeyMismatch,
+    /// The client CA file cannot be used to verify clients.
+    BadClientCa,
+}
+
 impl Fatal {
     /// The process exit code. Documented in the README; never reuse a number.
     pub fn exit_code(&self) -> ExitCode {
@@ -61,6 +83,13 @@ impl Fatal {
             Fatal::Init(..) => 8,
             Fatal::BootStart(..) => 9,
             Fatal::Listen(..) => 10,
+            Fatal::Tls { kind, .. } => match kind {
+                TlsFailure::Unreadable => 11,
+                TlsFailure::NoCertificate => 12,
+                TlsFailure::NoKey => 13,
+                TlsFailure::KeyMismatch => 14,
+                TlsFailure::BadClientCa => 15,
+            },
             Fatal::Runtime(_) => 1,
         })
     }

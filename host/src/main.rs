@@ -10,6 +10,7 @@ mod log;
 mod plugin;
 mod pool;
 mod server;
+mod tls;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,6 +34,11 @@ fn main() -> ExitCode {
 
 fn run(args: cli::Args) -> Result<(), Fatal> {
     let config = args.validate()?;
+    // TLS files are checked before anything is loaded: a typo fails fast, with nothing to undo.
+    let tls = match &config.tls {
+        Some(tls) if !config.info => Some(tls::Tls::new(tls.clone())?),
+        _ => None,
+    };
     let plugin = Plugin::load(&config.plugin, config.allow_insecure_plugin)?;
     let info = plugin.info();
     if config.info {
@@ -50,7 +56,7 @@ fn run(args: cli::Args) -> Result<(), Fatal> {
         .enable_all()
         .build()
         .map_err(|e| Fatal::Runtime(format!("cannot start the runtime: {e}")))?;
-    let result = runtime.block_on(server::run(config, plugin));
+    let result = runtime.block_on(server::run(config, plugin, tls));
     // A Run stuck past the shutdown deadline must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result

@@ -24,6 +24,7 @@ use crate::error::Fatal;
 use crate::log::RunLog;
 use crate::plugin::{Call, Context, Plugin};
 use crate::pool::{AcquireError, Lease, Manager, Pool};
+use crate::tls::Tls;
 
 /// The pool's view of the effe: Start and Stop, with failures logged.
 pub struct Effes(Plugin);
@@ -198,11 +199,14 @@ fn into_response(out: ResponseBuffer) -> Response<Body> {
 
 /// Starts the minimum Contexts, listens, serves until SIGTERM/SIGINT, drains, stops every
 /// Context.
-pub async fn run(config: Config, plugin: Plugin) -> Result<(), Fatal> {
+pub async fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), Fatal> {
     let info = plugin.info();
     // Installed first, so that a signal during boot is a clean shutdown, not a kill.
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Fatal::Runtime(e.to_string()))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Fatal::Runtime(e.to_string()))?;
+    let sighup = signal(SignalKind::hangup()).map_err(|e| Fatal::Runtime(e.to_string()))?;
+    let tls = tls.map(Arc::new);
+    tokio::spawn(reload_on_sighup(sighup, tls.clone()));
 
     let call_mode = config.call_mode.unwrap_or(if info.nonblocking {
         CallMode::Inline
@@ -241,6 +245,7 @@ pub async fn run(config: Config, plugin: Plugin) -> Result<(), Fatal> {
     tokio::spawn(pool.clone().maintain());
     tracing::info!(
         %addr,
+        tls = tls.as_ref().map_or("off".to_owned(), |t| t.describe()),
         effe = info.name,
         version = info.version,
         call = ?call_mode,
@@ -255,7 +260,7 @@ pub async fn run(config: Config, plugin: Plugin) -> Result<(), Fatal> {
             _ = sigint.recv() => "SIGINT",
         }
     };
-    let (signal_name, graceful) = accept_loop(listener, app, shutdown).await;
+    let (signal_name, graceful) = accept_loop(listener, app, tls, shutdown).await;
     let deadline = Instant::now() + config.shutdown_timeout;
     tracing::info!(
         signal = signal_name,
@@ -281,17 +286,58 @@ async fn drain(graceful: GracefulShutdown, deadline: Instant) {
     }
 }
 
+/// On SIGHUP, re-reads the TLS certificate and key; a bad pair is refused and the old one kept.
+async fn reload_on_sighup(mut sighup: tokio::signal::unix::Signal, tls: Option<Arc<Tls>>) {
+    while sighup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    "SIGHUP: TLS certificate reload refused, keeping the current one: {e}"
+                ),
+            },
+        }
+    }
+}
+
+/// The protocol builders, made once and cloned into each connection task.
+#[derive(Clone)]
+struct Builders {
+    /// Cleartext: HTTP/1.1, or HTTP/2 when the client opens with the h2 preface.
+    auto: auto::Builder<TokioExecutor>,
+    /// TLS: the protocol is the one ALPN chose (hyper-util's auto builder would ignore it).
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Self {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        auto.http2().timer(TokioTimer::new());
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        Builders { auto, http1, http2 }
+    }
+}
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Accepts until `shutdown` resolves; returns what ended it and the connections to drain.
 async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
+    tls: Option<Arc<Tls>>,
     shutdown: impl std::future::Future<Output = &'static str>,
 ) -> (&'static str, GracefulShutdown) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    let builders = Builders::new();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let signal_name = loop {
@@ -316,12 +362,45 @@ async fn accept_loop(
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builders = builders.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    let conn = builders
+                        .auto
+                        .serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => {
+                    // The handshake runs here, in the connection's own task, bounded: a client
+                    // that never finishes it holds nothing but this task.
+                    let handshake = tls.acceptor().accept(stream);
+                    let stream =
+                        match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = TokioIo::new(stream);
+                    if h2 {
+                        let conn = builders.http2.serve_connection(io, service);
+                        watcher.watch(conn).await.map_err(Into::into)
+                    } else {
+                        let conn = builders.http1.serve_connection(io, service);
+                        watcher.watch(conn).await.map_err(Into::into)
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

@@ -19,6 +19,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tempfile::TempDir;
 
+pub mod tls;
+
 /// How long a host may take to become ready, or to exit, before a test gives up.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -215,11 +217,7 @@ impl Host {
 
     /// Sends SIGTERM (to this host's PID only).
     pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.signal("TERM");
     }
 
     /// Waits for the host to exit; returns its status and all of its stderr.
@@ -233,6 +231,15 @@ impl Host {
             assert!(Instant::now() < deadline, "effe-host did not exit");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, …) to this host's PID only.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
     }
 
     /// SIGTERM, then wait.
@@ -260,8 +267,8 @@ impl Drop for Host {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
     Http1,
-    /// HTTP/2 over cleartext, with prior knowledge.
-    H2c,
+    /// HTTP/2: prior knowledge on cleartext, or as ALPN chose on TLS.
+    Http2,
 }
 
 /// A whole response.
@@ -291,8 +298,21 @@ pub fn get(path: &str) -> http::Request<Full<Bytes>> {
 }
 
 /// Sends `req` on a new connection to `addr`.
-pub async fn send(addr: SocketAddr, proto: Proto, mut req: http::Request<Full<Bytes>>) -> Reply {
+pub async fn send(addr: SocketAddr, proto: Proto, req: http::Request<Full<Bytes>>) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    send_on(stream, addr, proto, req).await
+}
+
+/// Sends `req` over an established connection (TCP or TLS), speaking `proto`.
+pub async fn send_on<S>(
+    stream: S,
+    addr: SocketAddr,
+    proto: Proto,
+    mut req: http::Request<Full<Bytes>>,
+) -> Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     let resp = match proto {
         Proto::Http1 => {
@@ -302,7 +322,7 @@ pub async fn send(addr: SocketAddr, proto: Proto, mut req: http::Request<Full<By
                 .insert(http::header::HOST, addr.to_string().parse().unwrap());
             tx.send_request(req).await.expect("h1 request")
         }
-        Proto::H2c => {
+        Proto::Http2 => {
             let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
                 .expect("h2 handshake");
@@ -312,6 +332,11 @@ pub async fn send(addr: SocketAddr, proto: Proto, mut req: http::Request<Full<By
             tx.send_request(req).await.expect("h2 request")
         }
     };
+    reply(resp).await
+}
+
+/// Collects a whole response.
+pub async fn reply(resp: http::Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
     Reply {
         status: parts.status.as_u16(),

@@ -46,9 +46,14 @@ async fn run_error_is_500_and_one_syslog_message_with_the_request_id() {
     assert!(msg.contains("fixture run error in ctx 1"), "{msg}");
 
     // One message per error: the next one is for the next request.
-    let reply = send(host.addr, Proto::H2c, get_with_id("/", "req-fine")).await;
+    let reply = send(host.addr, Proto::Http2, get_with_id("/", "req-fine")).await;
     assert_eq!(reply.status, 200);
-    let reply = send(host.addr, Proto::H2c, get_with_id("/panic", "req-panic-43")).await;
+    let reply = send(
+        host.addr,
+        Proto::Http2,
+        get_with_id("/panic", "req-panic-43"),
+    )
+    .await;
     assert_eq!(reply.status, 500);
     let n = sock.recv(&mut buf).unwrap();
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();

@@ -5,3 +5,4 @@ mod lifecycle;
 mod load;
 mod logging;
 mod serve;
+mod tls;

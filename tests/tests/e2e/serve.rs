@@ -9,7 +9,7 @@ async fn hello_over_http1_and_h2c() {
     let host = HostCmd::new("hello").spawn();
     for (proto, version) in [
         (Proto::Http1, http::Version::HTTP_11),
-        (Proto::H2c, http::Version::HTTP_2),
+        (Proto::Http2, http::Version::HTTP_2),
     ] {
         let reply = send(host.addr, proto, effe_tests::get("/any/path?q=1")).await;
         assert_eq!(reply.status, 200);
@@ -42,7 +42,7 @@ fn binary_body() -> Vec<u8> {
 async fn echo_round_trips_binary_body_and_50_headers() {
     let host = HostCmd::new("echo").spawn();
     let body = binary_body();
-    for proto in [Proto::Http1, Proto::H2c] {
+    for proto in [Proto::Http1, Proto::Http2] {
         let mut req = http::Request::post("/a/b%20c?x=1&y=%2F")
             .header("x-request-id", "test-id-7")
             .header(
@@ -90,7 +90,7 @@ async fn echo_round_trips_binary_body_and_50_headers() {
         assert_eq!(values("x-bin"), [hex(b"\x80\xfe ok")]);
         let bin = headers.iter().find(|h| h["name"] == "x-bin").unwrap();
         assert!(bin["value"].is_null(), "non-UTF-8 value must not be text");
-        let expected_version = if proto == Proto::H2c {
+        let expected_version = if proto == Proto::Http2 {
             "HTTP/2.0"
         } else {
             "HTTP/1.1"
@@ -137,7 +137,7 @@ async fn body_over_the_limit_is_413_and_the_host_keeps_serving() {
         .body(Full::new(Bytes::from(vec![7u8; 1024])))
         .unwrap();
     assert_eq!(
-        send(host.addr, Proto::H2c, ok).await.json()["body_len"],
+        send(host.addr, Proto::Http2, ok).await.json()["body_len"],
         1024
     );
 }
