@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LISTEN ?= 0.0.0.0:8080
 
-.PHONY: build run test lint clean
+.PHONY: build run test lint clean bench
 
 build:
 	$(CARGO) build --workspace --release
@@ -21,6 +21,12 @@ test:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# effe-host vs a bare hyper server vs nginx (installs wrk, h2load, nginx with apt-get if
+# missing); e.g. `make bench BENCH_ARGS=--quick`. See bench/run.py --help.
+BENCH_ARGS ?=
+bench:
+	CARGO=$(CARGO) bench/run.py $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

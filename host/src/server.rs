@@ -11,7 +11,7 @@ use bytes::Bytes;
 use effe_abi::ResponseBuffer;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,6 +28,12 @@ use crate::tls::Tls;
 
 /// The pool's view of the effe: Start and Stop, with failures logged.
 pub struct Effes(Plugin);
+
+impl Effes {
+    pub fn new(plugin: Plugin) -> Self {
+        Effes(plugin)
+    }
+}
 
 impl Manager for Effes {
     type Context = Context;
@@ -122,12 +128,14 @@ fn unavailable(err: &AcquireError) -> Response<Body> {
 impl App {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<str>) -> Response<Body> {
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.max_body_size).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return plain(StatusCode::PAYLOAD_TOO_LARGE)
+        let body = if body.is_end_stream() {
+            // GETs and the like: skip the collect machinery.
+            Bytes::new()
+        } else {
+            match self.read_body(body).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
             }
-            Err(_) => return plain(StatusCode::BAD_REQUEST),
         };
         let mut lease = match self.pool.acquire().await {
             Ok(lease) => lease,
@@ -141,6 +149,17 @@ impl App {
                     .await
                     .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR))
             }
+        }
+    }
+
+    /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails).
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, Response<Body>> {
+        match Limited::new(body, self.max_body_size).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(plain(StatusCode::PAYLOAD_TOO_LARGE))
+            }
+            Err(_) => Err(plain(StatusCode::BAD_REQUEST)),
         }
     }
 
@@ -162,7 +181,7 @@ impl App {
             Some(id) => id,
             None => {
                 generated = self.ids.next();
-                &generated
+                generated.as_str()
             }
         };
         let call = Call {
@@ -214,7 +233,7 @@ pub async fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(),
         CallMode::Thread
     });
     let pool = Pool::new(
-        Effes(plugin),
+        Effes::new(plugin),
         config.pool.clone(),
         tokio::runtime::Handle::current(),
     );
@@ -406,4 +425,23 @@ async fn accept_loop(
         });
     };
     (signal_name, graceful)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_prefix_dash_counter_in_hex() {
+        let ids = RequestIds {
+            prefix: 0x00ab_cdef,
+            next: AtomicU64::new(0),
+        };
+        assert_eq!(ids.next().as_str(), "00abcdef-0");
+        assert_eq!(ids.next().as_str(), "00abcdef-1");
+        ids.next.store(0x1f, Ordering::Relaxed);
+        assert_eq!(ids.next().as_str(), "00abcdef-1f");
+        ids.next.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(ids.next().as_str(), "00abcdef-ffffffffffffffff");
+    }
 }

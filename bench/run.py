@@ -1,0 +1,1071 @@
+#!/usr/bin/env python3
+"""Benchmarks effe-host against a bare hyper server and nginx (`make bench`).
+
+Three servers answer `200 Hello from effe` (content-type text/plain) on 127.0.0.1:
+
+  A  bare-hyper  bench/hyper-bare: hyper 1.x with nothing else, the ceiling for our stack
+  B  nginx       bench/nginx.conf, one worker
+  C  effe        effe-host --plugin target/release/libhello.so
+
+Each server is pinned to one CPU (taskset -c 0) and the load generator (wrk for HTTP/1.1,
+h2load for HTTP/2) to another (taskset -c 1). For every case the servers run in interleaved
+rounds, the order rotated each round (A B C, B C A, C A B, ...), each run a warm-up then a
+measured run; the tables show medians over the rounds and the per-round ratios effe/bare-hyper
+and effe/nginx. Also measured: effe-host's cold start (exec to first 200), its memory (VmRSS)
+idle and after load, and a blocking effe (10 ms sleep per request, 64 Contexts, 128
+connections) against its ideal 6,400 req/s. All raw results go to bench/results/latest.json.
+
+Only 127.0.0.1 is targeted, every load run is bounded in time, and every process this script
+starts is ended by PID when it finishes, fails or is interrupted.
+
+Python 3.11, standard library only. Run from anywhere: `bench/run.py --quick` checks that
+everything works in about two minutes; `bench/run.py --help` lists the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RELEASE = ROOT / "target" / "release"
+RESULTS = BENCH / "results" / "latest.json"
+BODY = b"Hello from effe"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+LISTENING = re.compile(r"listening addr=(\d+\.\d+\.\d+\.\d+:\d+)")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CARGO = os.environ.get("CARGO") or "cargo"
+
+SERVERS = ("bare-hyper", "nginx", "effe")  # A, B, C
+LETTER = {"bare-hyper": "A", "nginx": "B", "effe": "C"}
+
+# Debian packages of the tools this script drives.
+TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx", "openssl": "openssl"}
+
+
+@dataclass(frozen=True)
+class Case:
+    title: str
+    tool: str  # "wrk" or "h2load"
+    scheme: str  # "http" (HTTP/1.1), "h2c" or "https"
+    conns: int
+    streams: int = 1  # h2load -m
+
+
+LOAD_CASES = {
+    "h1-c64": Case("HTTP/1.1 keep-alive, 64 connections", "wrk", "http", 64),
+    "h1-c8": Case("HTTP/1.1 keep-alive, 8 connections", "wrk", "http", 8),
+    "h2c": Case("HTTP/2 cleartext (prior knowledge), 64 connections x 10 streams",
+                "h2load", "h2c", 64, 10),
+    "https-h1": Case("HTTPS HTTP/1.1 keep-alive, 64 connections", "wrk", "https", 64),
+    "https-h2": Case("HTTPS HTTP/2 (ALPN h2), 64 connections x 10 streams",
+                     "h2load", "https", 64, 10),
+}
+OTHER_CASES = ("cold-start", "rss", "blocking", "abi-call")
+ALL_CASES = (*LOAD_CASES, *OTHER_CASES)
+
+BLOCKING_SLEEP_MS = 10
+BLOCKING_CONTEXTS = 64
+BLOCKING_CONNS = 128
+
+
+class BenchError(Exception):
+    """A failure that ends the benchmark with a message (and exit code 1)."""
+
+
+def log(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: everything started is registered, and ended by PID.
+
+
+class Procs:
+    """Every process this script started, so that it can end them whatever happens."""
+
+    def __init__(self) -> None:
+        self.live: list[subprocess.Popen] = []
+
+    def spawn(self, argv: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(argv, **kw)
+        self.live.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, timeout: float = 10.0) -> None:
+        if p.poll() is None:
+            try:
+                p.terminate()
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            except ProcessLookupError:
+                pass
+        if p in self.live:
+            self.live.remove(p)
+
+    def stop_all(self) -> None:
+        for p in reversed(list(self.live)):
+            try:
+                self.stop(p, 5.0)
+            except Exception as e:  # keep ending the others
+                print(f"warning: could not stop pid {p.pid}: {e}", file=sys.stderr)
+
+
+PROCS = Procs()
+
+
+@dataclass
+class Pinning:
+    server: int | None
+    client: int | None
+
+    def server_argv(self, argv: list[str]) -> list[str]:
+        return ["taskset", "-c", str(self.server), *argv] if self.server is not None else argv
+
+    def client_argv(self, argv: list[str]) -> list[str]:
+        return ["taskset", "-c", str(self.client), *argv] if self.client is not None else argv
+
+    def describe(self) -> str:
+        if self.server is None:
+            return "not pinned"
+        return f"servers on CPU {self.server}, load generator on CPU {self.client}"
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and all its descendants (nginx: the master and its worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid`'s process tree (all threads), in seconds."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of `pid`'s process tree, in KiB."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def children_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with {proc.returncode} before accepting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{what} did not accept on port {port} within {timeout:.0f}s")
+            time.sleep(0.005)
+
+
+def wait_listening(proc: subprocess.Popen, log_path: Path, what: str,
+                   timeout: float = 30.0) -> str:
+    """Waits for the `listening addr=IP:PORT` line on the server's stderr; returns IP:PORT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = ANSI.sub("", log_path.read_text(errors="replace"))
+        m = LISTENING.search(text)
+        if m:
+            return m.group(1)
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with {proc.returncode} before listening:\n{text}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} printed no 'listening addr=' within {timeout:.0f}s:\n{text}")
+        time.sleep(0.005)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: tools, build, certificate.
+
+
+def find_tool(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
+        if os.access(f"{d}/{name}", os.X_OK):
+            return f"{d}/{name}"
+    return None
+
+
+def ensure_tools() -> dict[str, str]:
+    missing = [t for t in TOOLS if not find_tool(t)]
+    if missing:
+        pkgs = sorted({TOOLS[t] for t in missing})
+        if os.geteuid() != 0:
+            raise BenchError(f"missing {', '.join(missing)}: install the Debian packages "
+                             f"{' '.join(pkgs)} (apt-get install {' '.join(pkgs)})")
+        log(f"installing {' '.join(pkgs)} (apt-get)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
+                       check=True, env=env)
+    if not find_tool("taskset"):
+        raise BenchError("taskset is missing (Debian package util-linux)")
+    tools = {t: find_tool(t) for t in TOOLS}
+    still = [t for t, path in tools.items() if not path]
+    if still:
+        raise BenchError(f"still missing after apt-get: {', '.join(still)}")
+    return tools  # type: ignore[return-value]
+
+
+def build(no_build: bool) -> None:
+    if no_build:
+        log("not building (--no-build): using the binaries in target/release")
+    else:
+        cmd = [CARGO, "build", "--release", "-p", "effe-host", "-p", "hello",
+               "-p", "fixture-lifecycle", "-p", "hyper-bare"]
+        log("$ " + " ".join(cmd))
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            raise BenchError("cargo build failed (use --no-build to run the binaries already "
+                             "in target/release)")
+    # effe-host refuses plugins that group or others may write (a umask of 002 makes them).
+    for lib in RELEASE.glob("lib*.so"):
+        mode = lib.stat().st_mode
+        if mode & 0o022:
+            lib.chmod(mode & ~0o022)
+    for f in ("effe-host", "hyper-bare", "libhello.so", "libfixture_lifecycle.so"):
+        if not (RELEASE / f).exists():
+            raise BenchError(f"target/release/{f} is missing")
+
+
+def make_cert(tmp: Path) -> tuple[Path, Path]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+def effe_has_tls() -> bool:
+    out = subprocess.run([str(RELEASE / "effe-host"), "--help"], capture_output=True, text=True)
+    return "--tls-cert" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers.
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen
+    urls: dict[str, str]  # scheme ("http", "h2c", "https") -> URL
+    argv: list[str]
+    rss_idle_kib: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ, NO_COLOR="1")
+    for k in list(env):
+        if k.startswith("EFFE_") or k.startswith("FIXTURE_"):
+            del env[k]
+    return env
+
+
+def start_logged(name: str, argv: list[str], tmp: Path) -> tuple[subprocess.Popen, str]:
+    log_path = tmp / f"{name}.stderr"
+    with open(log_path, "wb") as err:
+        proc = PROCS.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=err, env=server_env(), cwd=ROOT)
+    addr = wait_listening(proc, log_path, name)
+    return proc, addr
+
+
+def start_bare(pin: Pinning, tmp: Path, tls: tuple[Path, Path] | None) -> Server:
+    argv = [str(RELEASE / "hyper-bare"), "--listen", "127.0.0.1:0"]
+    if tls:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    argv = pin.server_argv(argv)
+    proc, addr = start_logged("hyper-bare-tls" if tls else "hyper-bare", argv, tmp)
+    urls = {"https": f"https://{addr}/"} if tls else {"http": f"http://{addr}/",
+                                                      "h2c": f"http://{addr}/"}
+    return Server("bare-hyper", proc, urls, argv)
+
+
+def start_effe(pin: Pinning, tmp: Path, tls: tuple[Path, Path] | None,
+               plugin: str = "libhello.so", extra: list[str] | None = None,
+               name: str = "effe") -> Server:
+    argv = [str(RELEASE / "effe-host"), "--plugin", str(RELEASE / plugin),
+            "--listen", "127.0.0.1:0", "--syslog", "off", *(extra or [])]
+    if tls:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    argv = pin.server_argv(argv)
+    proc, addr = start_logged(f"{name}-tls" if tls else name, argv, tmp)
+    urls = {"https": f"https://{addr}/"} if tls else {"http": f"http://{addr}/",
+                                                      "h2c": f"http://{addr}/"}
+    return Server("effe", proc, urls, argv)
+
+
+def start_nginx(pin: Pinning, tmp: Path, nginx: str, cert: Path, key: Path) -> Server:
+    d = tmp / "nginx"
+    d.mkdir()
+    ports = {"HTTP_PORT": free_port(), "H2C_PORT": free_port(), "HTTPS_PORT": free_port()}
+    while len(set(ports.values())) < 3:
+        ports["HTTPS_PORT"] = free_port()
+    conf = (BENCH / "nginx.conf").read_text()
+    for k, v in {**ports, "DIR": str(d), "CERT": str(cert), "KEY": str(key)}.items():
+        conf = conf.replace(f"@{k}@", str(v))
+    (d / "nginx.conf").write_text(conf)
+    argv = pin.server_argv([nginx, "-p", f"{d}/", "-e", str(d / "error.log"),
+                            "-c", str(d / "nginx.conf")])
+    with open(tmp / "nginx.stderr", "wb") as err:
+        proc = PROCS.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=err, cwd=d)
+    try:
+        for port in ports.values():
+            wait_port(port, proc, "nginx")
+    except BenchError as e:
+        errlog = d / "error.log"
+        detail = (tmp / "nginx.stderr").read_text(errors="replace")
+        if errlog.exists():
+            detail += errlog.read_text(errors="replace")
+        raise BenchError(f"{e}\n{detail}") from None
+    urls = {"http": f"http://127.0.0.1:{ports['HTTP_PORT']}/",
+            "h2c": f"http://127.0.0.1:{ports['H2C_PORT']}/",
+            "https": f"https://127.0.0.1:{ports['HTTPS_PORT']}/"}
+    return Server("nginx", proc, urls, argv)
+
+
+def check_hello(server: Server, scheme: str) -> None:
+    """One HTTP/1.1 request: the answer must be what the hello effe sends."""
+    if scheme == "h2c":
+        return  # h2load reports the status codes; http.client speaks no HTTP/2
+    url = server.urls[scheme]
+    hostport = url.split("/")[2]
+    host, port = hostport.rsplit(":", 1)
+    if scheme == "https":
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, int(port), timeout=5, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    ctype = resp.getheader("content-type")
+    if resp.status != 200 or body != BODY or ctype != "text/plain":
+        raise BenchError(f"{server.name} ({url}) answered {resp.status} {ctype!r} {body!r}, "
+                         f"not 200 'text/plain' {BODY!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generators.
+
+
+def percentile(sorted_values: list[int], p: float) -> int | None:
+    """Nearest-rank percentile."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def cpu_busy(cpus: list[int]) -> tuple[int, int]:
+    """(busy, total) jiffies of these CPUs so far, from /proc/stat."""
+    busy = total = 0
+    want = {f"cpu{c}" for c in cpus}
+    for line in Path("/proc/stat").read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] in want:
+            ticks = [int(x) for x in parts[1:9]]  # user nice system idle iowait irq softirq steal
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def run_measured(argv: list[str], pin: Pinning, server_pid: int | None, warm_s: float,
+                 timeout: float) -> tuple[str, dict]:
+    """Runs a load generator; returns its stdout and the CPU use (fractions of one CPU) of the
+    load generator, of the server over the measured part (after `warm_s` seconds), and of
+    everything else on the two pinned CPUs (the noise: another build, say)."""
+    gen_cpu0 = children_cpu_seconds()
+    start = time.monotonic()
+    pinned = [c for c in (pin.server, pin.client) if c is not None]
+    proc = PROCS.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    try:
+        if warm_s > 0:
+            time.sleep(warm_s)
+        srv0, t0 = (cpu_seconds(server_pid) if server_pid else 0.0), time.monotonic()
+        busy0 = cpu_busy(pinned)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise BenchError(f"{argv[0]} ran past {timeout:.0f}s: killed") from None
+        busy1 = cpu_busy(pinned)
+        srv1, t1 = (cpu_seconds(server_pid) if server_pid else 0.0), time.monotonic()
+    finally:
+        PROCS.stop(proc)
+    gen_cpu = (children_cpu_seconds() - gen_cpu0) / max(t1 - start, 1e-9)
+    srv_cpu = (srv1 - srv0) / max(t1 - t0, 1e-9) if server_pid else None
+    others = None
+    if pinned and srv_cpu is not None and busy1[1] > busy0[1]:
+        busy = (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]) * len(pinned)  # in CPUs
+        others = max(0.0, busy - srv_cpu - gen_cpu) / len(pinned)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited with {proc.returncode}:\n{out}")
+    return out, {"server_cpu": srv_cpu, "gen_cpu": gen_cpu, "others_cpu": others}
+
+
+def wrk(pin: Pinning, url: str, conns: int, duration: int, warmup: int,
+        server_pid: int | None) -> dict:
+    base = ["wrk", "-t1", f"-c{conns}", "--timeout", "10s"]
+    if warmup > 0:
+        run_quiet(pin.client_argv([*base, f"-d{warmup}s", url]), warmup + 30)
+    argv = pin.client_argv([*base, "--latency", f"-d{duration}s",
+                            "-s", str(BENCH / "wrk-report.lua"), url])
+    out, usage = run_measured(argv, pin, server_pid, 0, duration + 30)
+    m = re.search(r"^WRK_JSON (\{.*\})$", out, re.M)
+    if not m:
+        raise BenchError(f"no WRK_JSON line in wrk's output:\n{out}")
+    j = json.loads(m.group(1))
+    errors = sum(v for k, v in j["errors"].items() if k != "status")
+    lat = j["latency_us"]
+    return {
+        "rps": j["requests"] / (j["duration_us"] / 1e6),
+        "requests": j["requests"],
+        "errors": errors,
+        "non_2xx": j["errors"]["status"],
+        "error_detail": j["errors"],
+        "latency_us": {k: lat[k] for k in ("p50", "p90", "p99", "p99.9", "max", "mean")},
+        **usage,
+        "protocol": "http/1.1",
+        "command": argv,
+    }
+
+
+def run_quiet(argv: list[str], timeout: float) -> None:
+    """Runs a (warm-up) load generator and discards its output."""
+    proc = PROCS.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{argv[0]} ran past {timeout:.0f}s: killed") from None
+    finally:
+        PROCS.stop(proc)
+
+
+def h2load(pin: Pinning, url: str, conns: int, streams: int, duration: int, warmup: int,
+           server_pid: int | None, tmp: Path) -> dict:
+    log_file = tmp / "h2load.log"
+    log_file.unlink(missing_ok=True)
+    argv = ["h2load", "-t1", "-c", str(conns), "-m", str(streams), "-D", str(duration)]
+    if warmup > 0:
+        argv += ["--warm-up-time", str(warmup)]
+    argv = pin.client_argv([*argv, "--log-file", str(log_file), url])
+    out, usage = run_measured(argv, pin, server_pid, warmup, warmup + duration + 30)
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    s = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    proto = re.search(r"Application protocol: (\S+)", out)
+    if not (m and r and s):
+        raise BenchError(f"could not read h2load's output:\n{out}")
+    # The log has one line per measured request: start (us since epoch), status, latency (us).
+    lat: list[int] = []
+    with open(log_file) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                lat.append(int(parts[2]))
+    log_file.unlink(missing_ok=True)
+    lat.sort()
+    total, _, _, _, failed, errored, timeouts = (int(x) for x in r.groups())
+    non_2xx = int(s.group(2)) + int(s.group(3)) + int(s.group(4))
+    return {
+        "rps": float(m.group(2)),
+        "requests": total,
+        "errors": errored + timeouts,
+        "non_2xx": non_2xx,
+        "error_detail": {"failed": failed, "errored": errored, "timeout": timeouts},
+        "latency_us": {
+            "p50": percentile(lat, 50), "p90": percentile(lat, 90),
+            "p99": percentile(lat, 99), "p99.9": percentile(lat, 99.9),
+            "max": lat[-1] if lat else None,
+            "mean": round(sum(lat) / len(lat), 1) if lat else None,
+        },
+        "latency_samples": len(lat),
+        **usage,
+        "protocol": proto.group(1) if proto else None,
+        "command": argv,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def med(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_rps(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def fmt_ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.3f}"
+
+
+def fmt_pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.0f}%"
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summarize_case(runs: list[dict], rounds: int) -> dict:
+    by: dict[str, list[dict]] = {}
+    for run in runs:
+        by.setdefault(run["server"], []).append(run)
+    servers = {}
+    for name in SERVERS:
+        rs = by.get(name, [])
+        if not rs:
+            continue
+        servers[name] = {
+            "rps_median": med([x["rps"] for x in rs]),
+            "p50_us_median": med([x["latency_us"]["p50"] for x in rs]),
+            "p99_us_median": med([x["latency_us"]["p99"] for x in rs]),
+            "server_cpu_median": med([x["server_cpu"] for x in rs]),
+            "gen_cpu_median": med([x["gen_cpu"] for x in rs]),
+            "others_cpu_median": med([x["others_cpu"] for x in rs]),
+            "errors": sum(x["errors"] + x["non_2xx"] for x in rs),
+            "rps_by_round": [x["rps"] for x in sorted(rs, key=lambda x: x["round"])],
+        }
+    ratios = {}
+    for other in ("bare-hyper", "nginx"):
+        per_round = []
+        for r in range(rounds):
+            e = next((x for x in by.get("effe", []) if x["round"] == r), None)
+            o = next((x for x in by.get(other, []) if x["round"] == r), None)
+            if e and o:
+                per_round.append(ratio(e["rps"], o["rps"]))
+        if per_round:
+            ratios[f"effe/{other}"] = {"rps_by_round": per_round, "median": med(per_round)}
+    return {"servers": servers, "ratios": ratios}
+
+
+def print_case_table(name: str, case: Case, summary: dict, skipped: dict[str, str]) -> None:
+    log()
+    log(f"{name}: {case.title}")
+    log(f"  {'server':<12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'srv CPU':>8} "
+        f"{'gen CPU':>8} {'others':>7} {'errors':>7}   req/s by round")
+    for srv in SERVERS:
+        if srv in skipped:
+            log(f"  {srv:<12} skipped: {skipped[srv]}")
+            continue
+        s = summary["servers"].get(srv)
+        if not s:
+            continue
+        log(f"  {srv:<12} {fmt_rps(s['rps_median']):>10} {fmt_ms(s['p50_us_median']):>8} "
+            f"{fmt_ms(s['p99_us_median']):>8} {fmt_pct(s['server_cpu_median']):>8} "
+            f"{fmt_pct(s['gen_cpu_median']):>8} {fmt_pct(s['others_cpu_median']):>7} "
+            f"{s['errors']:>7}   "
+            + " ".join(fmt_rps(v) for v in s["rps_by_round"]))
+    for key, r in summary["ratios"].items():
+        log(f"  {key + ' req/s':<22} by round: "
+            + " ".join(fmt_ratio(v) for v in r["rps_by_round"])
+            + f"   median {fmt_ratio(r['median'])}")
+    gens = [s["gen_cpu_median"] for s in summary["servers"].values()
+            if s["gen_cpu_median"] is not None]
+    srvs = [s["server_cpu_median"] for s in summary["servers"].values()
+            if s["server_cpu_median"] is not None]
+    others = [s["others_cpu_median"] for s in summary["servers"].values()
+              if s["others_cpu_median"] is not None]
+    if others and max(others) > 0.05:
+        log(f"  note: other processes used up to {max(others) * 100:.0f}% of the two pinned "
+            "CPUs during these runs: the numbers are noisy")
+    if gens and srvs and max(gens) > 0.9 and min(srvs) < 0.9:
+        log("  note: the load generator used ~one whole CPU while a server had CPU to spare: "
+            "that server's req/s is a floor, not its ceiling")
+
+
+# ---------------------------------------------------------------------------------------------
+# The measurements.
+
+
+def run_load_case(name: str, case: Case, servers: dict[str, Server], skipped: dict[str, str],
+                  args, pin: Pinning, tmp: Path) -> dict:
+    cmd = (f"wrk -t1 -c{case.conns} -d{args.duration}s" if case.tool == "wrk"
+           else f"h2load -t1 -c{case.conns} -m{case.streams} -D{args.duration}")
+    log()
+    log(f"== {name}: {case.title} ({cmd}, {args.rounds} rounds, "
+        f"warm-up {args.warmup}s) ==")
+    runs = []
+    for r in range(args.rounds):
+        order = list(SERVERS[r % 3:] + SERVERS[:r % 3])
+        for i, srv_name in enumerate(order):
+            if srv_name in skipped:
+                continue
+            srv = servers[srv_name]
+            url = srv.urls[case.scheme]
+            if case.tool == "wrk":
+                res = wrk(pin, url, case.conns, args.duration, args.warmup, srv.proc.pid)
+            else:
+                res = h2load(pin, url, case.conns, case.streams, args.duration, args.warmup,
+                             srv.proc.pid, tmp)
+                want = "h2" if case.scheme == "https" else "h2c"
+                if res["protocol"] != want:
+                    raise BenchError(f"{srv_name}: h2load negotiated {res['protocol']}, "
+                                     f"not {want}")
+            if srv.proc.poll() is not None:
+                raise BenchError(f"{srv_name} exited ({srv.proc.returncode}) during {name}")
+            res.update(round=r, position=i, server=srv_name, url=url)
+            runs.append(res)
+            bad = res["errors"] + res["non_2xx"]
+            log(f"  round {r + 1}/{args.rounds}  {LETTER[srv_name]} {srv_name:<11} "
+                f"{fmt_rps(res['rps']):>10} req/s  p50 {fmt_ms(res['latency_us']['p50'])} ms  "
+                f"p99 {fmt_ms(res['latency_us']['p99'])} ms  srv CPU "
+                f"{fmt_pct(res['server_cpu'])}  gen CPU {fmt_pct(res['gen_cpu'])}  others "
+                f"{fmt_pct(res['others_cpu'])}"
+                + (f"  ERRORS {bad}" if bad else ""))
+    summary = summarize_case(runs, args.rounds)
+    print_case_table(name, case, summary, skipped)
+    return {"title": case.title, "tool": case.tool, "scheme": case.scheme,
+            "connections": case.conns, "streams": case.streams, "skipped": skipped,
+            "runs": runs, "summary": summary}
+
+
+def first_200(port: int, proc: subprocess.Popen, deadline: float, spin: bool) -> float:
+    """Polls 127.0.0.1:port until a GET / answers 200; returns time.perf_counter() then."""
+    req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    while True:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            s.sendall(req)
+            buf = b""
+            while b"\r\n" not in buf:
+                chunk = s.recv(256)
+                if not chunk:
+                    break
+                buf += chunk
+            if buf.startswith(b"HTTP/1.1 200"):
+                return time.perf_counter()
+        except OSError:
+            pass
+        finally:
+            s.close()
+        if proc.poll() is not None:
+            raise BenchError(f"exited with {proc.returncode} before answering 200")
+        if time.perf_counter() > deadline:
+            raise BenchError("no 200 within the deadline")
+        if not spin:
+            time.sleep(0.0002)
+
+
+def cold_start(pin: Pinning, runs: int, tmp: Path) -> dict:
+    where = (f"server on CPU {pin.server}, poller on CPU {pin.client}; includes taskset's exec"
+             if pin.server is not None else "not pinned")
+    log()
+    log(f"== cold-start: exec to the first 200, median of {runs} runs ({where}) ==")
+    out = {}
+    targets = {
+        "effe": lambda port: [str(RELEASE / "effe-host"), "--plugin",
+                              str(RELEASE / "libhello.so"), "--listen", f"127.0.0.1:{port}",
+                              "--syslog", "off"],
+        "bare-hyper": lambda port: [str(RELEASE / "hyper-bare"), "--listen",
+                                    f"127.0.0.1:{port}"],
+    }
+    for name, make_argv in targets.items():
+        times = []
+        for _ in range(runs):
+            port = free_port()
+            argv = pin.server_argv(make_argv(port))
+            with open(tmp / f"cold-{name}.stderr", "wb") as err:
+                t0 = time.perf_counter()
+                proc = PROCS.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=err, env=server_env(), cwd=ROOT)
+            try:
+                t1 = first_200(port, proc, t0 + 30, spin=pin.client is not None)
+            except BenchError as e:
+                text = (tmp / f"cold-{name}.stderr").read_text(errors="replace")
+                raise BenchError(f"cold start of {name}: {e}\n{text}") from None
+            finally:
+                PROCS.stop(proc)
+            times.append((t1 - t0) * 1000)
+        out[name] = {"ms_median": med(times), "ms_min": min(times), "ms_max": max(times),
+                     "ms_runs": [round(t, 3) for t in times]}
+        log(f"  {name:<11} median {med(times):7.2f} ms   min {min(times):7.2f}   "
+            f"max {max(times):7.2f}   ({len(times)} runs)")
+    return out
+
+
+def blocking(pin: Pinning, args, tmp: Path) -> dict:
+    ideal = BLOCKING_CONTEXTS * 1000 / BLOCKING_SLEEP_MS
+    log()
+    log(f"== blocking: fixture-lifecycle GET /sleep?{BLOCKING_SLEEP_MS} (blocks "
+        f"{BLOCKING_SLEEP_MS} ms), --max-contexts {BLOCKING_CONTEXTS} --min-contexts "
+        f"{BLOCKING_CONTEXTS}, wrk -t1 -c{BLOCKING_CONNS} -d{args.duration}s; effe-host "
+        f"{'pinned to CPU %d' % pin.server if pin.server is not None else 'not pinned'}; "
+        f"ideal {ideal:,.0f} req/s ==")
+    srv = start_effe(pin, tmp, None, plugin="libfixture_lifecycle.so", name="effe-blocking",
+                     extra=["--max-contexts", str(BLOCKING_CONTEXTS),
+                            "--min-contexts", str(BLOCKING_CONTEXTS)])
+    try:
+        url = srv.urls["http"] + f"sleep?{BLOCKING_SLEEP_MS}"
+        runs = []
+        for r in range(args.rounds):
+            res = wrk(pin, url, BLOCKING_CONNS, args.duration, args.warmup if r == 0 else 0,
+                      srv.proc.pid)
+            res.update(round=r, url=url)
+            runs.append(res)
+            bad = res["errors"] + res["non_2xx"]
+            log(f"  round {r + 1}/{args.rounds}  {fmt_rps(res['rps']):>7} req/s "
+                f"({res['rps'] / ideal * 100:.1f}% of ideal)  p50 "
+                f"{fmt_ms(res['latency_us']['p50'])} ms  p99 {fmt_ms(res['latency_us']['p99'])}"
+                f" ms  srv CPU {fmt_pct(res['server_cpu'])}  others {fmt_pct(res['others_cpu'])}"
+                + (f"  ERRORS {bad}" if bad else ""))
+        rss = rss_kib(srv.proc.pid)
+    finally:
+        PROCS.stop(srv.proc)
+    rps = med([x["rps"] for x in runs])
+    log(f"  median {fmt_rps(rps)} req/s = {rps / ideal * 100:.1f}% of the ideal "
+        f"{ideal:,.0f}; p50 {fmt_ms(med([x['latency_us']['p50'] for x in runs]))} ms, "
+        f"p99 {fmt_ms(med([x['latency_us']['p99'] for x in runs]))} ms; "
+        f"RSS with {BLOCKING_CONTEXTS} Contexts {rss / 1024:.1f} MiB")
+    return {"ideal_rps": ideal, "rps_median": rps, "fraction_of_ideal": rps / ideal,
+            "pinned_cpu": pin.server, "rss_kib_after": rss, "command": srv.argv, "runs": runs}
+
+
+def abi_call_bench() -> dict:
+    log()
+    has_bench = (ROOT / "host" / "benches" / "call.rs").exists() or re.search(
+        r'\[\[bench\]\][^\[]*name\s*=\s*"call"', (ROOT / "host" / "Cargo.toml").read_text())
+    if not has_bench:
+        log("== abi-call: skipped: effe-host has no `call` bench yet ==")
+        return {"skipped": "effe-host has no `call` bench"}
+    cmd = [CARGO, "bench", "-p", "effe-host", "--bench", "call"]
+    log("== abi-call: $ " + " ".join(cmd) + " ==")
+    proc = PROCS.spawn(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    try:
+        out, _ = proc.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise BenchError("cargo bench ran past 30 minutes: killed") from None
+    finally:
+        PROCS.stop(proc)
+    log(out.rstrip())
+    if proc.returncode != 0:
+        log(f"  abi-call: cargo bench failed (exit {proc.returncode}); the other cases stand")
+    return {"command": cmd, "exit_code": proc.returncode, "output": out}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def tool_versions(tools: dict[str, str]) -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+        text = (p.stdout + p.stderr).strip()
+        return text.splitlines()[0] if text else ""
+
+    return {
+        "nginx": first_line([tools["nginx"], "-v"]),
+        "wrk": first_line(["wrk", "--version"]),
+        "h2load": first_line(["h2load", "--version"]),
+        "openssl": first_line(["openssl", "version"]),
+        "rustc": first_line(["rustc", "-V"]),
+        "git": first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description="Benchmark effe-host (hello effe) against a bare hyper server and nginx.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--rounds", type=int,
+                    help="interleaved rounds per case, each running every server once "
+                    "(default: 3)")
+    ap.add_argument("--duration", type=int,
+                    help="seconds per measured run (default: 5; 1 with --quick)")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up before each run")
+    ap.add_argument("--quick", action="store_true",
+                    help="1 s runs (3 rounds): to check that the script works")
+    ap.add_argument("--cases", default=",".join(ALL_CASES),
+                    help="comma-separated cases to run, from: " + ", ".join(ALL_CASES))
+    ap.add_argument("--cold-runs", type=int, default=10, help="runs of the cold-start case")
+    ap.add_argument("--no-build", action="store_true",
+                    help="use the binaries already in target/release")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not pin servers and load generator to CPUs")
+    ap.add_argument("--server-cpu", type=int, help="CPU for the servers (if unset: the first "
+                    "CPU this script may use)")
+    ap.add_argument("--client-cpu", type=int, help="CPU for the load generator (if unset: the "
+                    "second)")
+    ap.add_argument("--output", type=Path, default=RESULTS, help="where the JSON results go")
+    args = ap.parse_args()
+    if args.duration is None:
+        args.duration = 1 if args.quick else 5
+    if args.rounds is None:
+        args.rounds = 3
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in ALL_CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(ALL_CASES)}")
+    args.cases = cases
+    if args.rounds < 1 or args.duration < 1 or args.warmup < 0 or args.cold_runs < 1:
+        ap.error("--rounds, --duration and --cold-runs must be at least 1, --warmup at least 0")
+    return args
+
+
+def choose_pinning(args) -> Pinning:
+    if args.no_pin:
+        return Pinning(None, None)
+    cpus = sorted(os.sched_getaffinity(0))
+    server = args.server_cpu if args.server_cpu is not None else cpus[0]
+    rest = [c for c in cpus if c != server]
+    client = args.client_cpu if args.client_cpu is not None else (rest[0] if rest else None)
+    if client is None or client == server:
+        log("warning: fewer than two CPUs: servers and load generator are not pinned")
+        return Pinning(None, None)
+    return Pinning(server, client)
+
+
+def main() -> int:
+    args = parse_args()
+    # SIGTERM ends the script like Ctrl-C does: through the `finally` that stops the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Ctrl-C too, even when started from a shell that made SIGINT ignored (background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    results: dict = {
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+        "settings": {"rounds": args.rounds, "duration_s": args.duration,
+                     "warmup_s": args.warmup, "cases": args.cases, "quick": args.quick},
+        "cases": {},
+    }
+    try:
+        tools = ensure_tools()
+        build(args.no_build)
+        pin = choose_pinning(args)
+        if pin.client is not None:
+            # The script itself (the cold-start poller, the result parsing) stays off the
+            # servers' CPU; cargo above had every CPU.
+            os.sched_setaffinity(0, {pin.client})
+        results["machine"] = {"cpu": cpu_model(), "cpus": os.cpu_count(),
+                              "loadavg_start": os.getloadavg(), "pinning": pin.describe(),
+                              "versions": tool_versions(tools)}
+        log(f"effe benchmarks: {args.rounds} rounds x {args.duration}s (+{args.warmup}s "
+            f"warm-up) per server and case; {pin.describe()}; "
+            f"load average {os.getloadavg()[0]:.2f} (1 min, includes any build just done)")
+        with tempfile.TemporaryDirectory(prefix="effe-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            run_all(args, pin, tools, tmp, results)
+        results["complete"] = True
+        return 0
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        results["error"] = str(e)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted: stopping the servers", file=sys.stderr)
+        results["error"] = "interrupted"
+        return 130
+    except SystemExit:
+        print("bench: terminated: stopping the servers", file=sys.stderr)
+        results["error"] = "terminated"
+        raise
+    finally:
+        PROCS.stop_all()
+        results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds")
+        results["loadavg_end"] = os.getloadavg()
+        if results["cases"] or results.get("complete"):
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=1) + "\n")
+            log()
+            log(f"raw results: {args.output}"
+                + ("" if results["complete"] else " (incomplete)"))
+
+
+def labelled(servers: dict[str, Server], tls_servers: dict[str, Server]) -> list:
+    """(label, server) once per process: nginx serves both kinds."""
+    out, seen = [], set()
+    for label, srv in [*servers.items(), *[(f"{k} (TLS)", v) for k, v in tls_servers.items()]]:
+        if srv.proc.pid not in seen:
+            seen.add(srv.proc.pid)
+            out.append((label, srv))
+    return out
+
+
+def run_all(args, pin: Pinning, tools: dict[str, str], tmp: Path, results: dict) -> None:
+    cases = args.cases
+    load_cases = [c for c in cases if c in LOAD_CASES]
+    want_tls = any(LOAD_CASES[c].scheme == "https" for c in load_cases)
+    cert_key = make_cert(tmp) if want_tls else None
+    effe_tls = effe_has_tls()
+    effe_tls_error = "effe-host has no TLS yet"
+    rss: dict = {}
+
+    if "cold-start" in cases:
+        results["cases"]["cold-start"] = cold_start(pin, args.cold_runs, tmp)
+
+    servers: dict[str, Server] = {}
+    tls_servers: dict[str, Server] = {}
+    if load_cases or "rss" in cases:
+        log()
+        log("starting servers")
+        servers["effe"] = start_effe(pin, tmp, None)
+        servers["effe"].rss_idle_kib = rss_kib(servers["effe"].proc.pid)
+        servers["bare-hyper"] = start_bare(pin, tmp, None)
+        if load_cases:
+            cert, key = cert_key if cert_key else make_cert(tmp)
+            servers["nginx"] = start_nginx(pin, tmp, tools["nginx"], cert, key)
+            tls_servers["nginx"] = servers["nginx"]
+        if want_tls:
+            assert cert_key
+            tls_servers["bare-hyper"] = start_bare(pin, tmp, cert_key)
+            if effe_tls:
+                try:
+                    srv = start_effe(pin, tmp, cert_key)
+                    srv.rss_idle_kib = rss_kib(srv.proc.pid)
+                    check_hello(srv, "https")
+                    tls_servers["effe"] = srv
+                except BenchError as e:
+                    effe_tls_error = f"effe-host with --tls-cert failed: {e}"
+                    log(f"  effe (TLS): skipped: {effe_tls_error}")
+        for srv in [*servers.values(), *tls_servers.values()]:
+            srv.rss_idle_kib = srv.rss_idle_kib or rss_kib(srv.proc.pid)
+        for srv in servers.values():
+            check_hello(srv, "http")
+        for srv in tls_servers.values():
+            check_hello(srv, "https")
+        for label, srv in labelled(servers, tls_servers):
+            log(f"  {LETTER[srv.name]} {label:<17} pid {srv.proc.pid:<7} "
+                + " ".join(sorted(set(srv.urls.values()))))
+        results["servers"] = {label: srv.argv for label, srv in labelled(servers, tls_servers)}
+        if want_tls and not effe_tls:
+            log(f"  effe (TLS): skipped: {effe_tls_error}")
+
+    for name in load_cases:
+        case = LOAD_CASES[name]
+        if case.scheme == "https":
+            pool, skipped = tls_servers, {}
+            if "effe" not in pool:
+                skipped["effe"] = effe_tls_error
+        else:
+            pool, skipped = servers, {}
+        results["cases"][name] = run_load_case(name, case, pool, skipped, args, pin, tmp)
+
+    if "rss" in cases:
+        log()
+        log("== rss: VmRSS of each server process (tree), idle after start and after the "
+            "load cases above ==")
+        for label, srv in labelled(servers, tls_servers):
+            after = rss_kib(srv.proc.pid)
+            rss[label] = {"idle_kib": srv.rss_idle_kib, "after_load_kib": after,
+                          "after_cases": load_cases}
+            log(f"  {label:<17} idle {srv.rss_idle_kib / 1024:6.1f} MiB   after load "
+                f"{after / 1024:6.1f} MiB")
+        results["cases"]["rss"] = rss
+
+    for srv in {id(s): s for s in [*servers.values(), *tls_servers.values()]}.values():
+        PROCS.stop(srv.proc)
+
+    if "blocking" in cases:
+        results["cases"]["blocking"] = blocking(pin, args, tmp)
+
+    if "abi-call" in cases:
+        results["cases"]["abi-call"] = abi_call_bench()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

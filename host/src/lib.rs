@@ -1,0 +1,65 @@
+//! effe-host: parse and validate flags → load the effe → Init → start the minimum Contexts →
+//! serve → on SIGTERM/SIGINT drain, Stop every Context, exit 0.
+//!
+//! Fatal errors print one line, `effe-host: what: why`, and exit with a code per cause (see
+//! `error.rs` and the README). The binary is `main.rs`; the library exists so that the
+//! benchmarks can drive the pool and the ABI call without the network.
+
+pub mod cli;
+pub mod error;
+pub mod log;
+pub mod plugin;
+pub mod pool;
+pub mod server;
+pub mod tls;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::Fatal;
+use crate::plugin::Plugin;
+
+/// The whole program; returns the process exit code.
+pub fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    log::init_tracing();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => {
+            eprintln!("effe-host: {fatal}");
+            fatal.exit_code()
+        }
+    }
+}
+
+fn run(args: cli::Args) -> Result<(), Fatal> {
+    let config = args.validate()?;
+    // TLS files are checked before anything is loaded: a typo fails fast, with nothing to undo.
+    let tls = match &config.tls {
+        Some(tls) if !config.info => Some(tls::Tls::new(tls.clone())?),
+        _ => None,
+    };
+    let plugin = Plugin::load(&config.plugin, config.allow_insecure_plugin)?;
+    let info = plugin.info();
+    if config.info {
+        println!("{}", info.to_json());
+        return Ok(());
+    }
+    plugin
+        .init()
+        .map_err(|f| Fatal::Init(info.name.to_owned(), f.to_string()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads)
+        // Run calls (thread mode), Starts and Stops: bounded by the pool, plus headroom.
+        .max_blocking_threads(config.pool.max * 2 + 16)
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::Runtime(format!("cannot start the runtime: {e}")))?;
+    let result = runtime.block_on(server::run(config, plugin, tls));
+    // A Run stuck past the shutdown deadline must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
