@@ -229,12 +229,26 @@ impl Plugin {
         call: &Call<'_>,
         out: &mut ResponseBuffer,
     ) -> Result<(), Failure> {
-        let headers: Vec<Header<'_>> = call
+        // On the stack for the usual couple of dozen headers: this runs for every request.
+        const ON_STACK: usize = 24;
+        let mut on_stack = [Header::new("", b""); ON_STACK];
+        let spilled: Vec<Header<'_>>;
+        let views = call
             .parts
             .headers
             .iter()
-            .map(|(name, value)| Header::new(name.as_str(), value.as_bytes()))
-            .collect();
+            .map(|(name, value)| Header::new(name.as_str(), value.as_bytes()));
+        let headers: &[Header<'_>] = if call.parts.headers.len() <= ON_STACK {
+            let mut n = 0;
+            for (slot, view) in on_stack.iter_mut().zip(views) {
+                *slot = view;
+                n += 1;
+            }
+            &on_stack[..n]
+        } else {
+            spilled = views.collect();
+            &spilled
+        };
         let target = call
             .parts
             .uri
@@ -244,7 +258,7 @@ impl Plugin {
             method: call.parts.method.as_str(),
             target,
             version: HttpVersion::from(call.parts.version),
-            headers: &headers,
+            headers,
             body: call.body,
             peer_addr: call.peer_addr,
             request_id: call.request_id,

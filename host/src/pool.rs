@@ -205,6 +205,19 @@ impl<M: Manager> Pool<M> {
         }
     }
 
+    /// An idle Context, if one is free right now; never waits, never starts one. The fast path
+    /// for inline effes: a request that gets one needs no future of its own.
+    pub fn try_idle(&self) -> Option<Lease<M>> {
+        let ctx = {
+            let mut st = self.inner.lock();
+            if st.closed {
+                return None;
+            }
+            st.idle.pop_back()?.0
+        };
+        Some(self.inner.lease(ctx))
+    }
+
     /// Stops idle Contexts past the idle timeout (down to `min`) and starts Contexts up to
     /// `min` when some were retired. Runs until the pool closes.
     pub async fn maintain(self) {

@@ -3,8 +3,11 @@
 //! graceful drain on SIGTERM/SIGINT.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,7 +15,6 @@ use effe_abi::ResponseBuffer;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Incoming};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -79,14 +81,46 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
-        format!(
-            "{:08x}-{:x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+    /// `pppppppp-n`: the prefix and the counter in hex, formatted without allocating (this runs
+    /// for every request).
+    fn next(&self) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = RequestId {
+            buf: [0; 25],
+            len: 0,
+        };
+        for shift in (0..8).rev() {
+            id.push(HEX[(self.prefix >> (shift * 4)) as usize & 0xf]);
+        }
+        id.push(b'-');
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..digits).rev() {
+            id.push(HEX[(n >> (shift * 4)) as usize & 0xf]);
+        }
+        id
     }
 }
+
+/// A generated request id (at most 8 + 1 + 16 ASCII bytes).
+struct RequestId {
+    buf: [u8; 25],
+    len: usize,
+}
+
+impl RequestId {
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("hex digits are ASCII")
+    }
+}
+
+/// A constant, so that the per-request lookup does not parse the name.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 fn usable_request_id(v: &HeaderValue) -> Option<&str> {
     let bytes = v.as_bytes();
@@ -112,7 +146,7 @@ fn plain(status: StatusCode) -> Response<Body> {
 fn internal_error(request_id: &str) -> Response<Body> {
     let mut resp = plain(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     resp
 }
@@ -125,7 +159,52 @@ fn unavailable(err: &AcquireError) -> Response<Body> {
     resp
 }
 
+/// One connection's view of the app: what hyper calls for each request on it.
+#[derive(Clone)]
+struct ConnService {
+    app: Arc<App>,
+    peer: Arc<str>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Reply;
+
+    fn call(&self, req: Request<Incoming>) -> Reply {
+        self.app.serve(req, &self.peer)
+    }
+}
+
+/// A response computed during `call` (no future state to move around: the common case of an
+/// inline effe, a request without a body and an idle Context), or the general path, boxed.
+enum Reply {
+    Ready(Option<Response<Body>>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for Reply {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Reply::Ready(resp) => Poll::Ready(Ok(resp.take().expect("polled after completion"))),
+            Reply::Later(fut) => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
 impl App {
+    fn serve(self: &Arc<Self>, req: Request<Incoming>, peer: &Arc<str>) -> Reply {
+        if self.call_mode == CallMode::Inline && req.body().is_end_stream() {
+            if let Some(mut lease) = self.pool.try_idle() {
+                let (parts, _) = req.into_parts();
+                return Reply::Ready(Some(self.invoke(&mut lease, &parts, &Bytes::new(), peer)));
+            }
+        }
+        Reply::Later(Box::pin(self.clone().handle(req, peer.clone())))
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<str>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let body = if body.is_end_stream() {
@@ -173,11 +252,7 @@ impl App {
         peer: &str,
     ) -> Response<Body> {
         let generated;
-        let request_id = match parts
-            .headers
-            .get("x-request-id")
-            .and_then(usable_request_id)
-        {
+        let request_id = match parts.headers.get(X_REQUEST_ID).and_then(usable_request_id) {
             Some(id) => id,
             None => {
                 generated = self.ids.next();
@@ -375,12 +450,10 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let peer: Arc<str> = peer.to_string().into();
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-        });
+        let service = ConnService {
+            app: app.clone(),
+            peer,
+        };
         let watcher = graceful.watcher();
         let builders = builders.clone();
         let tls = tls.clone();
