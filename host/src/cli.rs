@@ -113,7 +113,8 @@ pub struct Args {
           value_parser = ["auto", "inline", "thread"])]
     pub call_mode: String,
 
-    /// Network threads (0: one per CPU available to the process).
+    /// Network threads, each with its own runtime and its own SO_REUSEPORT listener on --listen
+    /// (0: one per CPU available to the process).
     #[arg(long, env = "EFFE_THREADS", value_name = "N", default_value_t = 0)]
     pub threads: usize,
 }

@@ -14,7 +14,6 @@ pub mod server;
 pub mod tls;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 
@@ -51,15 +50,5 @@ fn run(args: cli::Args) -> Result<(), Fatal> {
         .init()
         .map_err(|f| Fatal::Init(info.name.to_owned(), f.to_string()))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.threads)
-        // Run calls (thread mode), Starts and Stops: bounded by the pool, plus headroom.
-        .max_blocking_threads(config.pool.max * 2 + 16)
-        .enable_all()
-        .build()
-        .map_err(|e| Fatal::Runtime(format!("cannot start the runtime: {e}")))?;
-    let result = runtime.block_on(server::run(config, plugin, tls));
-    // A Run stuck past the shutdown deadline must not keep the process alive.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    result
+    server::run(config, plugin, tls)
 }

@@ -18,8 +18,11 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{oneshot, watch};
 
 use crate::cli::{CallMode, Config};
 use crate::error::Fatal;
@@ -291,9 +294,53 @@ fn into_response(out: ResponseBuffer) -> Response<Body> {
     resp
 }
 
-/// Starts the minimum Contexts, listens, serves until SIGTERM/SIGINT, drains, stops every
-/// Context.
-pub async fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), Fatal> {
+/// A single-threaded runtime: one per network thread. Tasks never migrate between threads,
+/// which spares the work-stealing scheduler's bookkeeping on every wake-up.
+fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, Fatal> {
+    tokio::runtime::Builder::new_current_thread()
+        // Run calls (thread mode), Starts and Stops: bounded by the pool, plus headroom.
+        .max_blocking_threads(config.pool.max * 2 + 16)
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::Runtime(format!("cannot start the runtime: {e}")))
+}
+
+/// `threads` listening sockets on `addr`, sharing it through SO_REUSEPORT: the kernel spreads
+/// new connections over them, one per network thread, with no hand-off between threads.
+fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<std::net::TcpListener>, Fatal> {
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        // The first socket settles the port (`:0` picks one); the others join it.
+        let at = listeners.first().map_or(Ok(addr), |l| l.local_addr());
+        let socket = at
+            .and_then(|at| {
+                let socket = if at.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.set_reuseport(true)?;
+                socket.bind(at)?;
+                socket.listen(1024)
+            })
+            .and_then(|l| l.into_std());
+        listeners.push(socket.map_err(|e| Fatal::Listen(addr, e))?);
+    }
+    Ok(listeners)
+}
+
+/// Starts the minimum Contexts, listens on every network thread, serves until SIGTERM/SIGINT,
+/// drains, stops every Context.
+pub fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), Fatal> {
+    let runtime = runtime(&config)?;
+    let result = runtime.block_on(serve(config, plugin, tls));
+    // A Run stuck past the shutdown deadline must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn serve(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), Fatal> {
     let info = plugin.info();
     // Installed first, so that a signal during boot is a clean shutdown, not a kill.
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Fatal::Runtime(e.to_string()))?;
@@ -307,6 +354,7 @@ pub async fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(),
     } else {
         CallMode::Thread
     });
+    // The pool's own tasks (Starts, Stops, maintenance) live on this, the main, runtime.
     let pool = Pool::new(
         Effes::new(plugin),
         config.pool.clone(),
@@ -318,14 +366,14 @@ pub async fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(),
         .map_err(|e| Fatal::Runtime(e.to_string()))?
         .map_err(|e| Fatal::BootStart(info.name.to_owned(), e))?;
 
-    let listener = match TcpListener::bind(config.listen).await {
+    let listeners = match bind(config.listen, config.threads) {
         Ok(l) => l,
         Err(e) => {
             pool.close(Instant::now() + config.shutdown_timeout).await;
-            return Err(Fatal::Listen(config.listen, e));
+            return Err(e);
         }
     };
-    let addr = listener
+    let addr = listeners[0]
         .local_addr()
         .map_err(|e| Fatal::Listen(config.listen, e))?;
     let app = Arc::new(App {
@@ -337,30 +385,53 @@ pub async fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(),
         ids: RequestIds::new(),
     });
     tokio::spawn(pool.clone().maintain());
+
+    // The shutdown deadline, once a signal came.
+    let (stop_tx, stop_rx) = watch::channel(None::<Instant>);
+    let mut listeners = listeners.into_iter();
+    let main_listener = listeners.next().expect("at least one network thread");
+    let mut others = Vec::new();
+    for (i, listener) in listeners.enumerate() {
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let (app, tls, stop) = (app.clone(), tls.clone(), stop_rx.clone());
+        let thread_runtime = runtime(&config)?;
+        std::thread::Builder::new()
+            .name(format!("effe-net-{}", i + 1))
+            .spawn(move || {
+                thread_runtime.block_on(network_thread(listener, app, tls, stop));
+                thread_runtime.shutdown_timeout(Duration::from_millis(100));
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Fatal::Runtime(format!("cannot start a network thread: {e}")))?;
+        others.push(done_rx);
+    }
+    let main_thread = tokio::spawn(network_thread(main_listener, app, tls.clone(), stop_rx));
     tracing::info!(
         %addr,
         tls = tls.as_ref().map_or("off".to_owned(), |t| t.describe()),
         effe = info.name,
         version = info.version,
         call = ?call_mode,
+        threads = config.threads,
         min_contexts = config.pool.min,
         max_contexts = config.pool.max,
         "listening"
     );
 
-    let shutdown = async {
-        tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        }
+    let signal_name = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
     };
-    let (signal_name, graceful) = accept_loop(listener, app, tls, shutdown).await;
     let deadline = Instant::now() + config.shutdown_timeout;
     tracing::info!(
         signal = signal_name,
         "shutting down: draining in-flight requests"
     );
-    drain(graceful, deadline).await;
+    let _ = stop_tx.send(Some(deadline));
+    let _ = main_thread.await;
+    for done in others {
+        let _ = done.await;
+    }
     let left = pool.close(deadline).await;
     if left > 0 {
         return Err(Fatal::Runtime(format!(
@@ -369,6 +440,32 @@ pub async fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(),
     }
     tracing::info!("all Contexts stopped; bye");
     Ok(())
+}
+
+/// One network thread: accepts on its own listener until the shutdown deadline is set, then
+/// lets its connections finish their in-flight requests (until the deadline).
+async fn network_thread(
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+    tls: Option<Arc<Tls>>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "network thread cannot use its listener");
+            return;
+        }
+    };
+    let stopped = async {
+        let _ = stop.wait_for(Option::is_some).await;
+    };
+    let graceful = accept_loop(listener, app, tls, stopped).await;
+    let deadline = stop.borrow().unwrap_or_else(Instant::now);
+    drain(graceful, deadline).await;
 }
 
 async fn drain(graceful: GracefulShutdown, deadline: Instant) {
@@ -424,20 +521,20 @@ impl Builders {
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts until `shutdown` resolves; returns what ended it and the connections to drain.
+/// Accepts until `shutdown` resolves; returns the connections to drain.
 async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
-    shutdown: impl std::future::Future<Output = &'static str>,
-) -> (&'static str, GracefulShutdown) {
+    shutdown: impl std::future::Future<Output = ()>,
+) -> GracefulShutdown {
     let builders = Builders::new();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
-    let signal_name = loop {
+    loop {
         let (stream, peer) = tokio::select! {
             biased;
-            name = &mut shutdown => break name,
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -496,8 +593,8 @@ async fn accept_loop(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
-    };
-    (signal_name, graceful)
+    }
+    graceful
 }
 
 #[cfg(test)]

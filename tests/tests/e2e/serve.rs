@@ -141,3 +141,27 @@ async fn body_over_the_limit_is_413_and_the_host_keeps_serving() {
         1024
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_network_thread_serves_and_stops() {
+    // Four listeners share the port (SO_REUSEPORT); the kernel spreads connections over them.
+    let host = std::sync::Arc::new(HostCmd::new("hello").args(["--threads", "4"]).spawn());
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let host = host.clone();
+            let proto = if i % 2 == 0 {
+                Proto::Http1
+            } else {
+                Proto::Http2
+            };
+            tokio::spawn(async move { send(host.addr, proto, effe_tests::get("/")).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let host = std::sync::Arc::into_inner(host).unwrap();
+    let (status, stderr) = host.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("threads=4"), "{stderr}");
+}
