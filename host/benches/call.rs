@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use effe_abi::ResponseBuffer;
+use effe_host::invoke::Effes;
 use effe_host::plugin::{Call, Plugin};
 use effe_host::pool::{Lease, Pool, PoolConfig};
-use effe_host::server::Effes;
 
 fn main() {
     divan::main();

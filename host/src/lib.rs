@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod invoke;
 pub mod log;
 pub mod plugin;
 pub mod pool;

@@ -1,0 +1,303 @@
+//! From request to effe to response: the per-connection service, the fast inline path, the
+//! general path (body, waiting for a Context, Run on a blocking thread), request ids, and what
+//! the client gets when the effe fails or no Context is free.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use effe_abi::ResponseBuffer;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use crate::cli::CallMode;
+use crate::log::RunLog;
+use crate::plugin::{Call, Context, Plugin};
+use crate::pool::{AcquireError, Lease, Manager, Pool};
+
+/// The pool's view of the effe: Start and Stop, with failures logged.
+pub struct Effes(Plugin);
+
+impl Effes {
+    pub fn new(plugin: Plugin) -> Self {
+        Effes(plugin)
+    }
+}
+
+impl Manager for Effes {
+    type Context = Context;
+
+    fn start(&self) -> Result<Context, String> {
+        self.0.start().map_err(|f| f.to_string())
+    }
+
+    fn stop(&self, ctx: Context) {
+        if let Err(f) = self.0.stop(ctx) {
+            tracing::error!(effe = self.0.info().name, "stop {f}");
+        }
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+pub(crate) struct App {
+    pub(crate) plugin: Plugin,
+    pub(crate) pool: Pool<Effes>,
+    pub(crate) call_mode: CallMode,
+    pub(crate) max_body_size: usize,
+    pub(crate) run_log: RunLog,
+    pub(crate) ids: RequestIds,
+}
+
+type Body = Full<Bytes>;
+
+/// Request ids: a per-process random prefix and a counter, unless the client (an Ingress) sent
+/// a usable `x-request-id`.
+pub(crate) struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub(crate) fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        RequestIds {
+            prefix: h.finish() as u32,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// `pppppppp-n`: the prefix and the counter in hex, formatted without allocating (this runs
+    /// for every request).
+    fn next(&self) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = RequestId {
+            buf: [0; 25],
+            len: 0,
+        };
+        for shift in (0..8).rev() {
+            id.push(HEX[(self.prefix >> (shift * 4)) as usize & 0xf]);
+        }
+        id.push(b'-');
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..digits).rev() {
+            id.push(HEX[(n >> (shift * 4)) as usize & 0xf]);
+        }
+        id
+    }
+}
+
+/// A generated request id (at most 8 + 1 + 16 ASCII bytes).
+struct RequestId {
+    buf: [u8; 25],
+    len: usize,
+}
+
+impl RequestId {
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("hex digits are ASCII")
+    }
+}
+
+/// A constant, so that the per-request lookup does not parse the name.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+fn usable_request_id(v: &HeaderValue) -> Option<&str> {
+    let bytes = v.as_bytes();
+    let ok = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic());
+    if ok {
+        v.to_str().ok()
+    } else {
+        None
+    }
+}
+
+fn plain(status: StatusCode) -> Response<Body> {
+    let text = status.canonical_reason().unwrap_or("Error");
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn internal_error(request_id: &str) -> Response<Body> {
+    let mut resp = plain(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    resp
+}
+
+fn unavailable(err: &AcquireError) -> Response<Body> {
+    tracing::debug!(error = %err, "503");
+    let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// One connection's view of the app: what hyper calls for each request on it.
+#[derive(Clone)]
+pub(crate) struct ConnService {
+    pub(crate) app: Arc<App>,
+    pub(crate) peer: Arc<str>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Reply;
+
+    fn call(&self, req: Request<Incoming>) -> Reply {
+        self.app.serve(req, &self.peer)
+    }
+}
+
+/// A response computed during `call` (no future state to move around: the common case of an
+/// inline effe, a request without a body and an idle Context), or the general path, boxed.
+pub(crate) enum Reply {
+    Ready(Option<Response<Body>>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for Reply {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Reply::Ready(resp) => Poll::Ready(Ok(resp.take().expect("polled after completion"))),
+            Reply::Later(fut) => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl App {
+    fn serve(self: &Arc<Self>, req: Request<Incoming>, peer: &Arc<str>) -> Reply {
+        if self.call_mode == CallMode::Inline && req.body().is_end_stream() {
+            if let Some(mut lease) = self.pool.try_idle() {
+                let (parts, _) = req.into_parts();
+                return Reply::Ready(Some(self.invoke(&mut lease, &parts, &Bytes::new(), peer)));
+            }
+        }
+        Reply::Later(Box::pin(self.clone().handle(req, peer.clone())))
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<str>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body = if body.is_end_stream() {
+            // GETs and the like: skip the collect machinery.
+            Bytes::new()
+        } else {
+            match self.read_body(body).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
+            }
+        };
+        let mut lease = match self.pool.acquire().await {
+            Ok(lease) => lease,
+            Err(e) => return unavailable(&e),
+        };
+        match self.call_mode {
+            CallMode::Inline => self.invoke(&mut lease, &parts, &body, &peer),
+            CallMode::Thread => {
+                let app = self.clone();
+                tokio::task::spawn_blocking(move || app.invoke(&mut lease, &parts, &body, &peer))
+                    .await
+                    .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR))
+            }
+        }
+    }
+
+    /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails).
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, Response<Body>> {
+        match Limited::new(body, self.max_body_size).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(plain(StatusCode::PAYLOAD_TOO_LARGE))
+            }
+            Err(_) => Err(plain(StatusCode::BAD_REQUEST)),
+        }
+    }
+
+    /// Calls Run and turns what it wrote into a response. Never panics: an effe panic arrives
+    /// here as a value.
+    fn invoke(
+        &self,
+        lease: &mut Lease<Effes>,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        peer: &str,
+    ) -> Response<Body> {
+        let generated;
+        let request_id = match parts.headers.get(X_REQUEST_ID).and_then(usable_request_id) {
+            Some(id) => id,
+            None => {
+                generated = self.ids.next();
+                generated.as_str()
+            }
+        };
+        let call = Call {
+            parts,
+            body,
+            peer_addr: peer,
+            request_id,
+        };
+        let mut out = ResponseBuffer::new();
+        match self.plugin.run(lease.context(), &call, &mut out) {
+            Ok(()) => into_response(out),
+            Err(failure) => {
+                self.run_log.run_failed(request_id, &failure);
+                if failure.panicked {
+                    lease.retire();
+                    internal_error(request_id)
+                } else if out.is_written() {
+                    into_response(out)
+                } else {
+                    internal_error(request_id)
+                }
+            }
+        }
+    }
+}
+
+fn into_response(out: ResponseBuffer) -> Response<Body> {
+    let (status, headers, body) = out.into_parts();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_prefix_dash_counter_in_hex() {
+        let ids = RequestIds {
+            prefix: 0x00ab_cdef,
+            next: AtomicU64::new(0),
+        };
+        assert_eq!(ids.next().as_str(), "00abcdef-0");
+        assert_eq!(ids.next().as_str(), "00abcdef-1");
+        ids.next.store(0x1f, Ordering::Relaxed);
+        assert_eq!(ids.next().as_str(), "00abcdef-1f");
+        ids.next.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(ids.next().as_str(), "00abcdef-ffffffffffffffff");
+    }
+}
