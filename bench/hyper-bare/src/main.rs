@@ -1,14 +1,20 @@
 //! hyper-bare: the benchmark baseline. A bare hyper 1.x server that answers every request
 //! `200 Hello from effe` (`content-type: text/plain`), exactly what effe-host serving the hello
 //! effe sends, with none of effe-host's work in between (no body collection, no Context pool, no
-//! ABI call). It is the ceiling for effe-host's stack: same runtime (tokio multi-thread), same
-//! connection handling (one task per connection, `TCP_NODELAY`, hyper-util's auto builder for
-//! HTTP/1.1 and cleartext HTTP/2 with prior knowledge, the same HTTP/1.1 header-read timeout).
+//! ABI call): the same connection handling (one task per connection, `TCP_NODELAY`,
+//! hyper-util's auto builder for HTTP/1.1 and cleartext HTTP/2 with prior knowledge, the same
+//! HTTP/1.1 header-read timeout).
+//!
+//! By default it runs on tokio's multi-thread runtime, the baseline as the issue defines it.
+//! With `--current-thread` it runs on one current-thread runtime instead, the architecture of
+//! effe-host (one current-thread runtime per network thread; one under `taskset -c 0`): against
+//! it the benchmark shows what the effe layer costs, apart from the choice of runtime.
 //!
 //! With `--tls-cert` and `--tls-key` it serves HTTPS instead (rustls with the ring provider,
 //! ALPN `h2` and `http/1.1`), choosing HTTP/2 or HTTP/1.1 from the negotiated ALPN protocol.
 //!
-//! When it accepts, it prints `listening addr=IP:PORT` on stderr.
+//! When it accepts, it prints `listening addr=IP:PORT scheme=http|https
+//! runtime=multi-thread|current-thread` on stderr.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,6 +56,11 @@ struct Args {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// Run on one tokio current-thread runtime (effe-host's architecture) instead of the
+    /// multi-thread one.
+    #[arg(long)]
+    current_thread: bool,
 }
 
 fn main() -> ExitCode {
@@ -64,17 +75,22 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let (mut builder, flavour) = if args.current_thread {
+        (
+            tokio::runtime::Builder::new_current_thread(),
+            "current-thread",
+        )
+    } else {
+        (tokio::runtime::Builder::new_multi_thread(), "multi-thread")
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hyper-bare: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args.listen, tls)) {
+    match runtime.block_on(serve(args.listen, tls, flavour)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hyper-bare: {e}");
@@ -109,7 +125,11 @@ async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     Ok(resp)
 }
 
-async fn serve(listen: SocketAddr, tls: Option<TlsAcceptor>) -> Result<(), String> {
+async fn serve(
+    listen: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    flavour: &'static str,
+) -> Result<(), String> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -117,7 +137,7 @@ async fn serve(listen: SocketAddr, tls: Option<TlsAcceptor>) -> Result<(), Strin
         .local_addr()
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!("hyper-bare: listening addr={addr} scheme={scheme}");
+    eprintln!("hyper-bare: listening addr={addr} scheme={scheme} runtime={flavour}");
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
