@@ -6,6 +6,7 @@
 //! benchmarks can drive the pool and the ABI call without the network.
 
 pub mod cli;
+pub mod drain;
 pub mod error;
 pub mod invoke;
 pub mod log;

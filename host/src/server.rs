@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
 use crate::cli::{CallMode, Config};
+use crate::drain::Drain;
 use crate::error::Fatal;
 use crate::invoke::{App, ConnService, Effes, RequestIds};
 use crate::log::RunLog;
@@ -191,13 +191,9 @@ async fn network_thread(
     let stopped = async {
         let _ = stop.wait_for(Option::is_some).await;
     };
-    let graceful = accept_loop(listener, app, tls, stopped).await;
+    let drain = accept_loop(listener, app, tls, stopped).await;
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
-    drain(graceful, deadline).await;
-}
-
-async fn drain(graceful: GracefulShutdown, deadline: Instant) {
-    if tokio::time::timeout_at(deadline.into(), graceful.shutdown())
+    if tokio::time::timeout_at(deadline.into(), drain.shutdown())
         .await
         .is_err()
     {
@@ -255,9 +251,9 @@ async fn accept_loop(
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> GracefulShutdown {
+) -> Arc<Drain> {
     let builders = Builders::new();
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -279,7 +275,7 @@ async fn accept_loop(
             app: app.clone(),
             peer,
         };
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
         let builders = builders.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -288,7 +284,7 @@ async fn accept_loop(
                     let conn = builders
                         .auto
                         .serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    drain.watch(conn.into_owned()).await
                 }
                 Some(tls) => {
                     // The handshake runs here, in the connection's own task, bounded: a client
@@ -310,10 +306,10 @@ async fn accept_loop(
                     let io = TokioIo::new(stream);
                     if h2 {
                         let conn = builders.http2.serve_connection(io, service);
-                        watcher.watch(conn).await.map_err(Into::into)
+                        drain.watch(conn).await.map_err(Into::into)
                     } else {
                         let conn = builders.http1.serve_connection(io, service);
-                        watcher.watch(conn).await.map_err(Into::into)
+                        drain.watch(conn).await.map_err(Into::into)
                     }
                 }
             };
@@ -322,5 +318,5 @@ async fn accept_loop(
             }
         });
     }
-    graceful
+    drain
 }

@@ -204,3 +204,45 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let ev = events(&log);
     assert_eq!(count(&ev, "start "), count(&ev, "stop "), "{ev:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
+    let host = HostCmd::new("hello")
+        .args(["--shutdown-timeout", "20s"])
+        .spawn();
+    // One idle connection of each protocol, open when the signal comes.
+    let tcp = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    let (mut h1, conn1) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let closed1 = tokio::spawn(conn1);
+    assert_eq!(
+        h1.send_request(effe_tests::get("/"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let tcp = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    let (mut h2, conn2) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let closed2 = tokio::spawn(conn2);
+    let req = http::Request::get(format!("http://{}/", host.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+
+    let (status, stderr) = host.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("still open"),
+        "idle connections were not closed: {stderr}"
+    );
+    // The host closed both connections (HTTP/2 with a GOAWAY).
+    assert!(closed1.await.unwrap().is_ok());
+    assert!(closed2.await.unwrap().is_ok());
+}
