@@ -37,6 +37,20 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
 }
 
+impl PoolConfig {
+    /// How often the pool looks for idle Contexts: a quarter of the idle timeout, between 10 ms
+    /// and 1 s. A Context is stopped after between `idle_timeout` and `idle_timeout` plus one
+    /// period of idleness.
+    fn tick_period(&self) -> Duration {
+        (self.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Whole periods in the idle timeout.
+    fn idle_ticks(&self) -> u64 {
+        (self.idle_timeout.as_nanos() / self.tick_period().as_nanos()).max(1) as u64
+    }
+}
+
 /// Why no Context could be had. Every one of them is a 503 for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcquireError {
@@ -71,7 +85,10 @@ enum Next<M: Manager> {
 }
 
 struct State<C> {
-    idle: VecDeque<(C, Instant)>,
+    /// Each with the maintenance tick at which it became idle.
+    idle: VecDeque<(C, u64)>,
+    /// Maintenance ticks so far: the pool's clock for idleness (no clock read per request).
+    tick: u64,
     live: usize,
     stopping: usize,
     waiters: VecDeque<oneshot::Sender<Grant<C>>>,
@@ -157,6 +174,7 @@ impl<M: Manager> Pool<M> {
                 runtime,
                 state: Mutex::new(State {
                     idle: VecDeque::new(),
+                    tick: 0,
                     live: 0,
                     stopping: 0,
                     waiters: VecDeque::new(),
@@ -221,9 +239,7 @@ impl<M: Manager> Pool<M> {
     /// Stops idle Contexts past the idle timeout (down to `min`) and starts Contexts up to
     /// `min` when some were retired. Runs until the pool closes.
     pub async fn maintain(self) {
-        let period = (self.inner.config.idle_timeout / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(period);
+        let mut tick = tokio::time::interval(self.inner.config.tick_period());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -411,7 +427,8 @@ impl<M: Manager> Inner<M> {
                     Err(_) => unreachable!("send returns what it was given"),
                 }
             }
-            st.idle.push_back((ctx, Instant::now()));
+            let tick = st.tick;
+            st.idle.push_back((ctx, tick));
             return;
         }
         st.live -= 1;
@@ -477,17 +494,19 @@ impl<M: Manager> Inner<M> {
         });
     }
 
-    /// One maintenance pass; false once the pool is closed.
+    /// One maintenance pass (one tick of the pool's clock); false once the pool is closed.
     fn maintain_once(self: &Arc<Self>) -> bool {
         let mut st = self.lock();
         if st.closed {
             return false;
         }
-        let now = Instant::now();
+        st.tick += 1;
+        let now = st.tick;
+        let idle_ticks = self.config.idle_ticks();
         let mut expired = Vec::new();
         while st.live > self.config.min {
             match st.idle.front() {
-                Some((_, since)) if now.duration_since(*since) >= self.config.idle_timeout => {
+                Some((_, since)) if now - since > idle_ticks => {
                     let (ctx, _) = st.idle.pop_front().expect("front exists");
                     st.live -= 1;
                     st.stopping += 1;
@@ -617,7 +636,13 @@ mod tests {
         ];
         drop(leases);
         assert_eq!(pool.counts(), (3, 3));
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Idle for exactly the timeout's worth of ticks: not yet.
+        let ticks = pool.inner.config.idle_ticks();
+        for _ in 0..ticks {
+            pool.inner.maintain_once();
+        }
+        assert_eq!(pool.counts(), (3, 3));
+        // One more tick, and all but the minimum are stopped.
         pool.inner.maintain_once();
         assert_eq!(pool.counts(), (1, 1));
         pool.close(far()).await;
