@@ -78,6 +78,7 @@ fn root_module<E: Exported>() -> EffeModuleRef {
     .leak_into_prefix()
 }
 
+#[cold]
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()

@@ -155,6 +155,13 @@ impl ResponseBuffer {
     }
 }
 
+/// An error for the effe; out of line, so that the sink's hot path stays small.
+#[cold]
+#[inline(never)]
+fn refuse(why: std::fmt::Arguments<'_>) -> RResult<(), RString> {
+    RResult::RErr(why.to_string().into())
+}
+
 impl ResponseSink for ResponseBuffer {
     fn set_status(&mut self, status: u16) -> RResult<(), RString> {
         self.written = true;
@@ -163,7 +170,7 @@ impl ResponseSink for ResponseBuffer {
                 self.status = Some(code);
                 RResult::ROk(())
             }
-            _ => RResult::RErr(format!("invalid response status {status}").into()),
+            _ => refuse(format_args!("invalid response status {status}")),
         }
     }
 
@@ -171,11 +178,11 @@ impl ResponseSink for ResponseBuffer {
         self.written = true;
         let name = match HeaderName::from_bytes(name.as_str().as_bytes()) {
             Ok(name) => name,
-            Err(_) => return RResult::RErr(format!("invalid header name {name:?}").into()),
+            Err(_) => return refuse(format_args!("invalid header name {name:?}")),
         };
         let value = match HeaderValue::from_bytes(value.as_slice()) {
             Ok(value) => value,
-            Err(_) => return RResult::RErr(format!("invalid value for header {name}").into()),
+            Err(_) => return refuse(format_args!("invalid value for header {name}")),
         };
         if !is_hop_by_hop(&name) {
             self.headers.append(name, value);

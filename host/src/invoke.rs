@@ -17,7 +17,7 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::cli::CallMode;
 use crate::log::RunLog;
-use crate::plugin::{Call, Context, Plugin};
+use crate::plugin::{Call, Context, Failure, Plugin};
 use crate::pool::{AcquireError, Lease, Manager, Pool};
 
 /// The pool's view of the effe: Start and Stop, with failures logged.
@@ -124,6 +124,8 @@ fn usable_request_id(v: &HeaderValue) -> Option<&str> {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn plain(status: StatusCode) -> Response<Body> {
     let text = status.canonical_reason().unwrap_or("Error");
     let mut resp = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
@@ -135,6 +137,8 @@ fn plain(status: StatusCode) -> Response<Body> {
     resp
 }
 
+#[cold]
+#[inline(never)]
 fn internal_error(request_id: &str) -> Response<Body> {
     let mut resp = plain(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -143,6 +147,8 @@ fn internal_error(request_id: &str) -> Response<Body> {
     resp
 }
 
+#[cold]
+#[inline(never)]
 fn unavailable(err: &AcquireError) -> Response<Body> {
     tracing::debug!(error = %err, "503");
     let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE);
@@ -260,17 +266,29 @@ impl App {
         let mut out = ResponseBuffer::new();
         match self.plugin.run(lease.context(), &call, &mut out) {
             Ok(()) => into_response(out),
-            Err(failure) => {
-                self.run_log.run_failed(request_id, &failure);
-                if failure.panicked {
-                    lease.retire();
-                    internal_error(request_id)
-                } else if out.is_written() {
-                    into_response(out)
-                } else {
-                    internal_error(request_id)
-                }
-            }
+            Err(failure) => self.run_failed(lease, request_id, failure, out),
+        }
+    }
+
+    /// Logs what Run reported and decides what the client gets; out of line, away from the
+    /// per-request path.
+    #[cold]
+    #[inline(never)]
+    fn run_failed(
+        &self,
+        lease: &mut Lease<Effes>,
+        request_id: &str,
+        failure: Failure,
+        out: ResponseBuffer,
+    ) -> Response<Body> {
+        self.run_log.run_failed(request_id, &failure);
+        if failure.panicked {
+            lease.retire();
+            internal_error(request_id)
+        } else if out.is_written() {
+            into_response(out)
+        } else {
+            internal_error(request_id)
         }
     }
 }

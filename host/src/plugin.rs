@@ -64,6 +64,7 @@ impl std::fmt::Display for Failure {
 }
 
 impl From<EffeError> for Failure {
+    #[cold]
     fn from(err: EffeError) -> Self {
         Failure {
             panicked: err.kind() == ErrorKind::Panicked,
@@ -246,7 +247,7 @@ impl Plugin {
             }
             &on_stack[..n]
         } else {
-            spilled = views.collect();
+            spilled = spill(views);
             &spilled
         };
         let target = call
@@ -267,6 +268,13 @@ impl Plugin {
         let result = (self.module.run())(&mut ctx.0, &request, &mut writer);
         result.into_result().map_err(Failure::from)
     }
+}
+
+/// More headers than fit on the stack: rare, and kept out of the hot path.
+#[cold]
+#[inline(never)]
+fn spill<'a>(views: impl Iterator<Item = Header<'a>>) -> Vec<Header<'a>> {
+    views.collect()
 }
 
 #[cfg(test)]

@@ -418,23 +418,37 @@ impl<M: Manager> Inner<M> {
     /// Context to retire (or any, once closed) is stopped, and its slot offered to a waiter.
     fn release(self: &Arc<Self>, ctx: M::Context, healthy: bool) {
         let mut st = self.lock();
-        if healthy && !st.closed {
-            let mut ctx = ctx;
-            while let Some(w) = st.waiters.pop_front() {
-                match w.send(Grant::Ready(ctx)) {
-                    Ok(()) => return,
-                    Err(Grant::Ready(back)) => ctx = back,
-                    Err(_) => unreachable!("send returns what it was given"),
-                }
-            }
+        if !healthy || st.closed {
+            drop(st);
+            return self.retire(ctx);
+        }
+        if st.waiters.is_empty() {
             let tick = st.tick;
             st.idle.push_back((ctx, tick));
             return;
         }
-        st.live -= 1;
-        st.stopping += 1;
-        let closed = st.closed;
-        drop(st);
+        let mut ctx = ctx;
+        while let Some(w) = st.waiters.pop_front() {
+            match w.send(Grant::Ready(ctx)) {
+                Ok(()) => return,
+                Err(Grant::Ready(back)) => ctx = back,
+                Err(_) => unreachable!("send returns what it was given"),
+            }
+        }
+        let tick = st.tick;
+        st.idle.push_back((ctx, tick));
+    }
+
+    /// Stops `ctx` and offers its slot (unless closed). Out of the per-request path.
+    #[cold]
+    #[inline(never)]
+    fn retire(self: &Arc<Self>, ctx: M::Context) {
+        let closed = {
+            let mut st = self.lock();
+            st.live -= 1;
+            st.stopping += 1;
+            st.closed
+        };
         self.spawn_stop(ctx);
         if !closed {
             self.offer_slot();
