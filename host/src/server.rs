@@ -89,10 +89,14 @@ async fn serve(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), F
         tokio::runtime::Handle::current(),
     );
     let filler = pool.clone();
-    tokio::task::spawn_blocking(move || filler.fill())
+    let filled = tokio::task::spawn_blocking(move || filler.fill())
         .await
-        .map_err(|e| Fatal::Runtime(e.to_string()))?
-        .map_err(|e| Fatal::BootStart(info.name.to_owned(), e))?;
+        .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = filled {
+        // The Contexts that did start are stopped before the host exits.
+        pool.close(Instant::now() + config.shutdown_timeout).await;
+        return Err(Fatal::BootStart(info.name.to_owned(), e));
+    }
 
     let listeners = match bind(config.listen, config.threads) {
         Ok(l) => l,

@@ -2,7 +2,8 @@
 //! does with it.
 //!
 //! - `EFFE_LIFECYCLE_LOG=FILE`: appends `init`, `start N`, `stop N` lines (one `write` each).
-//! - `FIXTURE_INIT=error|panic`, `FIXTURE_START=error|panic`: make that entry point fail.
+//! - `FIXTURE_INIT=error|panic`, `FIXTURE_START=error|panic`: make that entry point fail;
+//!   `FIXTURE_START=error-after-N`: the first N Starts succeed, later ones fail.
 //! - `run` by path: `/panic` panics, `/error` returns an error, `/error-after-write` writes a
 //!   418 then returns an error, `/sleep?MS` records `sleep N MS` and sleeps MS milliseconds; every other path answers
 //!   `ctx N` with the serving Context's number.
@@ -55,8 +56,16 @@ impl Effe for Fixture {
     }
 
     fn start(&self) -> Result<Ctx, Error> {
-        fail(self.fail_start.as_deref(), "start")?;
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        match self
+            .fail_start
+            .as_deref()
+            .and_then(|f| f.strip_prefix("error-after-"))
+        {
+            Some(ok) if n > ok.parse::<usize>()? => fail(Some("error"), "start")?,
+            Some(_) => {}
+            None => fail(self.fail_start.as_deref(), "start")?,
+        }
         record(&self.log, &format!("start {n}"))?;
         Ok(Ctx { n })
     }

@@ -161,6 +161,25 @@ fn start_failure_at_boot_exits() {
 }
 
 #[test]
+fn contexts_started_before_a_failed_boot_start_are_stopped() {
+    let log = effe_tests::EventLog::new();
+    let cmd = HostCmd::new("fixture-lifecycle")
+        .env("FIXTURE_START", "error-after-2")
+        .env("EFFE_LIFECYCLE_LOG", &log.path)
+        .args(["--min-contexts", "3"]);
+    refused(cmd, 9, &["fixture start error"]);
+    let mut ev = effe_tests::events(&log);
+    assert_eq!(ev[..3], ["init", "start 1", "start 2"], "{ev:?}");
+    // Stops run concurrently: any order, each once.
+    ev[3..].sort();
+    assert_eq!(
+        ev[3..],
+        ["stop 1", "stop 2"],
+        "every Start that succeeded has its Stop"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let cmd = HostCmd::new("hello").args(["--min-contexts", "5", "--max-contexts", "2"]);
     refused(
