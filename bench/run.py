@@ -18,7 +18,11 @@ Each server is pinned to one CPU (taskset -c 0) and the load generator (wrk for 
 h2load for HTTP/2) to another (taskset -c 1). For every case the servers run in interleaved
 rounds, the order rotated each round (A B C D, B C D A, C D A B, ...), each run a warm-up then
 a measured run; the tables show medians over the rounds and the per-round ratios
-effe/bare-hyper, effe/bare-hyper-ct and effe/nginx. Also measured: the cold start (exec to
+effe/bare-hyper, effe/bare-hyper-ct and effe/nginx. Those load cases saturate the server
+(closed loop), where p99 is mostly queueing; the `latency` case instead holds a fixed, moderate
+rate (h2load --h1 --rps, 20,000 req/s over 8 connections by default, --latency-rate) and reports
+p50/p99/p99.9 and the per-round p99 ratios effe/bare-hyper (the design target: <= 1.2, lower
+is better) and effe/bare-hyper-ct. Also measured: the cold start (exec to
 first 200), the memory (VmRSS) idle and after load, a blocking effe (10 ms sleep per request,
 64 Contexts, 128 connections) against its ideal 6,400 req/s, and, as a figure independent of
 the machine's noise, the user-space instructions per request of effe, A and D counted by
@@ -82,11 +86,14 @@ class Case:
     scheme: str  # "http" (HTTP/1.1), "h2c" or "https"
     conns: int
     streams: int = 1  # h2load -m
+    fixed_rate: bool = False  # h2load --h1 --rps: a fixed request rate (`latency`)
 
 
 LOAD_CASES = {
     "h1-c64": Case("HTTP/1.1 keep-alive, 64 connections", "wrk", "http", 64),
     "h1-c8": Case("HTTP/1.1 keep-alive, 8 connections", "wrk", "http", 8),
+    "latency": Case("HTTP/1.1 keep-alive at a fixed, moderate request rate, 8 connections",
+                    "h2load", "http", 8, fixed_rate=True),
     "h2c": Case("HTTP/2 cleartext (prior knowledge), 64 connections x 10 streams",
                 "h2load", "h2c", 64, 10),
     "https-h1": Case("HTTPS HTTP/1.1 keep-alive, 64 connections", "wrk", "https", 64),
@@ -95,6 +102,12 @@ LOAD_CASES = {
 }
 OTHER_CASES = ("cold-start", "rss", "blocking", "abi-call", "instructions")
 ALL_CASES = (*LOAD_CASES, *OTHER_CASES)
+
+# The `latency` case: the total request rate h2load holds (--latency-rate), a warning when a
+# run fell more than LATENCY_SHORTFALL short of it, and the design target for p99 effe/bare-hyper.
+LATENCY_RATE = 20000
+LATENCY_SHORTFALL = 0.05
+LATENCY_P99_TARGET = 1.2
 
 BLOCKING_SLEEP_MS = 10
 BLOCKING_CONTEXTS = 64
@@ -557,10 +570,14 @@ def run_quiet(argv: list[str], timeout: float) -> None:
 
 
 def h2load(pin: Pinning, url: str, conns: int, streams: int, duration: int, warmup: int,
-           server_pid: int | None, tmp: Path) -> dict:
+           server_pid: int | None, tmp: Path, h1: bool = False,
+           rps_per_conn: float | None = None) -> dict:
+    """h2load for `duration` seconds after a warm-up; `h1`: HTTP/1.1 (--h1) instead of HTTP/2;
+    `rps_per_conn`: a fixed rate (--rps, which h2load applies to each connection)."""
     log_file = tmp / "h2load.log"
     log_file.unlink(missing_ok=True)
-    argv = ["h2load", "-t1", "-c", str(conns), "-m", str(streams), "-D", str(duration)]
+    argv = ["h2load", *(["--h1"] if h1 else []), "-t1", "-c", str(conns), "-m", str(streams),
+            *(["--rps", f"{rps_per_conn:.10g}"] if rps_per_conn else []), "-D", str(duration)]
     if warmup > 0:
         argv += ["--warm-up-time", str(warmup)]
     argv = pin.client_argv([*argv, "--log-file", str(log_file), url])
@@ -703,6 +720,12 @@ def print_case_table(name: str, case: Case, summary: dict, skipped: dict[str, st
 # The measurements.
 
 
+def round_order(r: int) -> list[str]:
+    """The servers in round `r`: A B C D, then B C D A, C D A B, ..."""
+    k = r % len(SERVERS)
+    return list(SERVERS[k:] + SERVERS[:k])
+
+
 def run_load_case(name: str, case: Case, servers: dict[str, Server], skipped: dict[str, str],
                   args, pin: Pinning, tmp: Path) -> dict:
     cmd = (f"wrk -t1 -c{case.conns} -d{args.duration}s" if case.tool == "wrk"
@@ -712,9 +735,7 @@ def run_load_case(name: str, case: Case, servers: dict[str, Server], skipped: di
         f"warm-up {args.warmup}s) ==")
     runs = []
     for r in range(args.rounds):
-        k = r % len(SERVERS)
-        order = list(SERVERS[k:] + SERVERS[:k])
-        for i, srv_name in enumerate(order):
+        for i, srv_name in enumerate(round_order(r)):
             if srv_name in skipped:
                 continue
             srv = servers[srv_name]
@@ -744,6 +765,151 @@ def run_load_case(name: str, case: Case, servers: dict[str, Server], skipped: di
     return {"title": case.title, "tool": case.tool, "scheme": case.scheme,
             "connections": case.conns, "streams": case.streams, "skipped": skipped,
             "runs": runs, "summary": summary}
+
+
+def latency_note(target: float, conns: int) -> str:
+    """How h2load (1.52) paces --rps, which shapes what the `latency` case measures."""
+    per_conn = target / conns
+    if per_conn > 100:
+        pacing = (f"so each connection sends its {per_conn:,.6g} req/s as a burst of about "
+                  f"{per_conn / 100:,.3g} back-to-back requests every 10 ms")
+    else:
+        pacing = f"so each connection sends one request every {1000 / per_conn:,.3g} ms"
+    return (f"How h2load paces --rps: each connection's timer fires every max(10 ms, 1/rate) "
+            f"and a connection has one request in flight (HTTP/1.1, no pipelining), {pacing}: "
+            f"at most {conns} requests are in flight, and the server idles between bursts. A "
+            "latency counts from when h2load writes the request, not from when it was due: a "
+            "request waiting behind its connection's previous one does not count as waiting "
+            "(no coordinated-omission correction).")
+
+
+def run_latency_case(name: str, case: Case, servers: dict[str, Server], args, pin: Pinning,
+                     tmp: Path) -> dict:
+    """p99 latency at a fixed, moderate request rate (h2load --h1 --rps), not at saturation:
+    the design target is p99 effe/bare-hyper <= LATENCY_P99_TARGET at moderate load."""
+    target = args.latency_rate
+    per_conn = target / case.conns
+    cmd = (f"h2load --h1 -t1 -c{case.conns} --rps {per_conn:.10g} -D{args.duration}"
+           + (f" --warm-up-time {args.warmup}" if args.warmup > 0 else ""))
+    log()
+    log(f"== {name}: {case.title}: {target:,.0f} req/s in all ({cmd}, {args.rounds} rounds, "
+        f"warm-up {args.warmup}s) ==")
+    runs = []
+    for r in range(args.rounds):
+        for i, srv_name in enumerate(round_order(r)):
+            srv = servers[srv_name]
+            url = srv.urls[case.scheme]
+            res = h2load(pin, url, case.conns, case.streams, args.duration, args.warmup,
+                         srv.proc.pid, tmp, h1=True, rps_per_conn=per_conn)
+            if res["protocol"] != "http/1.1":
+                raise BenchError(f"{srv_name}: h2load spoke {res['protocol']}, not http/1.1")
+            if srv.proc.poll() is not None:
+                raise BenchError(f"{srv_name} exited ({srv.proc.returncode}) during {name}")
+            res.update(round=r, position=i, server=srv_name, url=url,
+                       target_rps=target, of_target=res["rps"] / target)
+            runs.append(res)
+            bad = res["errors"] + res["non_2xx"]
+            lat = res["latency_us"]
+            short = res["of_target"] < 1 - LATENCY_SHORTFALL
+            log(f"  round {r + 1}/{args.rounds}  {LETTER[srv_name]} {srv_name:<13} "
+                f"{fmt_rps(res['rps']):>7} req/s ({res['of_target'] * 100:.1f}% of target)  "
+                f"p50 {fmt_ms(lat['p50'])} ms  p99 {fmt_ms(lat['p99'])} ms  p99.9 "
+                f"{fmt_ms(lat['p99.9'])} ms  srv CPU {fmt_pct(res['server_cpu'])}  gen CPU "
+                f"{fmt_pct(res['gen_cpu'])}  others {fmt_pct(res['others_cpu'])}"
+                + ("  SHORT OF THE RATE" if short else "") + (f"  ERRORS {bad}" if bad else ""))
+    summary = summarize_latency(runs, args.rounds, target)
+    print_latency_table(name, case, summary, target, per_conn)
+    return {"title": case.title, "tool": "h2load", "scheme": case.scheme, "protocol": "http/1.1",
+            "connections": case.conns, "target_rps": target, "rps_per_connection": per_conn,
+            "p99_target_vs_bare_hyper": LATENCY_P99_TARGET,
+            "shortfall_tolerance": LATENCY_SHORTFALL,
+            "note": latency_note(target, case.conns),
+            "runs": runs, "summary": summary}
+
+
+def summarize_latency(runs: list[dict], rounds: int, target: float) -> dict:
+    by: dict[str, list[dict]] = {}
+    for run in runs:
+        by.setdefault(run["server"], []).append(run)
+    servers = {}
+    for name in SERVERS:
+        rs = sorted(by.get(name, []), key=lambda x: x["round"])
+        if not rs:
+            continue
+        servers[name] = {
+            "rps_median": med([x["rps"] for x in rs]),
+            "rps_min": min(x["rps"] for x in rs),
+            "of_target_min": min(x["rps"] for x in rs) / target,
+            "p50_us_median": med([x["latency_us"]["p50"] for x in rs]),
+            "p99_us_median": med([x["latency_us"]["p99"] for x in rs]),
+            "p99.9_us_median": med([x["latency_us"]["p99.9"] for x in rs]),
+            "server_cpu_median": med([x["server_cpu"] for x in rs]),
+            "gen_cpu_median": med([x["gen_cpu"] for x in rs]),
+            "others_cpu_median": med([x["others_cpu"] for x in rs]),
+            "errors": sum(x["errors"] + x["non_2xx"] for x in rs),
+            "rps_by_round": [x["rps"] for x in rs],
+            "p99_us_by_round": [x["latency_us"]["p99"] for x in rs],
+        }
+    ratios = {}
+    for other in ("bare-hyper", "bare-hyper-ct"):
+        per_round = []
+        for r in range(rounds):
+            e = next((x for x in by.get("effe", []) if x["round"] == r), None)
+            o = next((x for x in by.get(other, []) if x["round"] == r), None)
+            if e and o:
+                per_round.append(ratio(e["latency_us"]["p99"], o["latency_us"]["p99"]))
+        if per_round:
+            ratios[f"effe/{other}"] = {"p99_by_round": per_round, "median": med(per_round)}
+    short = [{"server": x["server"], "round": x["round"], "rps": x["rps"],
+              "of_target": x["of_target"]}
+             for x in runs if x["of_target"] < 1 - LATENCY_SHORTFALL]
+    return {"servers": servers, "ratios": ratios, "short_of_target": short}
+
+
+def print_latency_table(name: str, case: Case, summary: dict, target: float,
+                        per_conn: float) -> None:
+    log()
+    log(f"{name}: {case.title}: {target:,.0f} req/s ({case.conns} x {per_conn:,.6g})")
+    log(f"    {'server':<14} {'req/s':>8} {'min/target':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99.9 ms':>8} {'srv CPU':>8} {'gen CPU':>8} {'others':>7} {'errors':>7}"
+        "   p99 ms by round")
+    for srv in SERVERS:
+        s = summary["servers"].get(srv)
+        if not s:
+            continue
+        log(f"  {LETTER[srv]} {srv:<14} {fmt_rps(s['rps_median']):>8} "
+            f"{s['of_target_min'] * 100:>9.1f}% {fmt_ms(s['p50_us_median']):>8} "
+            f"{fmt_ms(s['p99_us_median']):>8} {fmt_ms(s['p99.9_us_median']):>8} "
+            f"{fmt_pct(s['server_cpu_median']):>8} {fmt_pct(s['gen_cpu_median']):>8} "
+            f"{fmt_pct(s['others_cpu_median']):>7} {s['errors']:>7}   "
+            + " ".join(fmt_ms(v) for v in s["p99_us_by_round"]))
+    labels = {"effe/bare-hyper": f"(lower is better; target <= {LATENCY_P99_TARGET})",
+              "effe/bare-hyper-ct": "(lower is better)"}
+    for key, r in summary["ratios"].items():
+        verdict = ""
+        if key == "effe/bare-hyper" and r["median"] is not None:
+            verdict = ("   within the target" if r["median"] <= LATENCY_P99_TARGET
+                       else "   ABOVE the target")
+        log(f"  {'p99 ' + key + ' ' + labels[key]:<55} by round: "
+            + " ".join(fmt_ratio(v) for v in r["p99_by_round"])
+            + f"   median {fmt_ratio(r['median'])}{verdict}")
+    log("  min/target: the lowest round's req/s over the target; the other columns: medians "
+        "over the rounds;")
+    log("  latencies from h2load's per-request log.")
+    for x in summary["short_of_target"]:
+        warning = (f"warning: {x['server']} in round {x['round'] + 1} did {fmt_rps(x['rps'])} "
+                   f"req/s, {(1 - x['of_target']) * 100:.1f}% short of {target:,.0f}: that run "
+                   "was not at the fixed rate (the server or h2load could not keep up), its "
+                   "latencies are not comparable")
+        for i, line in enumerate(textwrap.wrap(warning, 92)):
+            log(f"  {'  ' if i else ''}{line}")
+    others = [s["others_cpu_median"] for s in summary["servers"].values()
+              if s["others_cpu_median"] is not None]
+    if others and max(others) > 0.05:
+        log(f"  note: other processes used up to {max(others) * 100:.0f}% of the two pinned "
+            "CPUs during these runs: the numbers are noisy")
+    for line in textwrap.wrap(latency_note(target, case.conns), 94):
+        log(f"  {line}")
 
 
 def first_200(port: int, proc: subprocess.Popen, deadline: float, spin: bool) -> float:
@@ -1078,6 +1244,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cases", default=",".join(ALL_CASES),
                     help="comma-separated cases to run, from: " + ", ".join(ALL_CASES)
                     + " (default: all of them)")
+    ap.add_argument("--latency-rate", type=float, default=float(LATENCY_RATE),
+                    help="total req/s of the `latency` case, spread evenly over its "
+                    f"{LOAD_CASES['latency'].conns} connections (h2load --rps is per "
+                    "connection); it should stay well below what every server does saturated "
+                    "(default: %(default).0f)")
     ap.add_argument("--cold-runs", type=int, default=10,
                     help="runs of the cold-start case (default: %(default)s)")
     ap.add_argument("--no-build", action="store_true",
@@ -1102,6 +1273,8 @@ def parse_args() -> argparse.Namespace:
     args.cases = cases
     if args.rounds < 1 or args.duration < 1 or args.warmup < 0 or args.cold_runs < 1:
         ap.error("--rounds, --duration and --cold-runs must be at least 1, --warmup at least 0")
+    if not args.latency_rate > 0:
+        ap.error("--latency-rate must be above 0")
     return args
 
 
@@ -1128,7 +1301,8 @@ def main() -> int:
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "complete": False,
         "settings": {"rounds": args.rounds, "duration_s": args.duration,
-                     "warmup_s": args.warmup, "cases": args.cases, "quick": args.quick},
+                     "warmup_s": args.warmup, "cases": args.cases, "quick": args.quick,
+                     "latency_rate": args.latency_rate},
         "cases": {},
     }
     try:
@@ -1244,7 +1418,10 @@ def run_all(args, pin: Pinning, tools: dict[str, str], tmp: Path, results: dict)
                 skipped["effe"] = effe_tls_error
         else:
             pool, skipped = servers, {}
-        results["cases"][name] = run_load_case(name, case, pool, skipped, args, pin, tmp)
+        if case.fixed_rate:
+            results["cases"][name] = run_latency_case(name, case, pool, args, pin, tmp)
+        else:
+            results["cases"][name] = run_load_case(name, case, pool, skipped, args, pin, tmp)
 
     if "rss" in cases:
         log()
