@@ -390,27 +390,26 @@ def effe_argv(listen: str, plugin: str = "libhello.so") -> list[str]:
 def start_bare(pin: Pinning, tmp: Path, tls: tuple[Path, Path] | None,
                current_thread: bool = False) -> Server:
     name = "bare-hyper-ct" if current_thread else "bare-hyper"
-    argv = bare_argv("127.0.0.1:0", current_thread)
-    if tls:
-        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
-    argv = pin.server_argv(argv)
-    proc, addr = start_logged(f"{name}-tls" if tls else name, argv, tmp)
-    urls = {"https": f"https://{addr}/"} if tls else {"http": f"http://{addr}/",
-                                                      "h2c": f"http://{addr}/"}
-    return Server(name, proc, urls, argv)
+    return start_server(name, name, bare_argv("127.0.0.1:0", current_thread), pin, tmp, tls)
 
 
 def start_effe(pin: Pinning, tmp: Path, tls: tuple[Path, Path] | None,
                plugin: str = "libhello.so", extra: list[str] | None = None,
                name: str = "effe") -> Server:
     argv = [*effe_argv("127.0.0.1:0", plugin), *(extra or [])]
+    return start_server("effe", name, argv, pin, tmp, tls)
+
+
+def start_server(label: str, log_name: str, argv: list[str], pin: Pinning, tmp: Path,
+                 tls: tuple[Path, Path] | None) -> Server:
+    """Starts a server that prints `listening addr=…`; HTTPS when `tls` holds a cert and key."""
     if tls:
-        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        argv = argv + ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     argv = pin.server_argv(argv)
-    proc, addr = start_logged(f"{name}-tls" if tls else name, argv, tmp)
+    proc, addr = start_logged(f"{log_name}-tls" if tls else log_name, argv, tmp)
     urls = {"https": f"https://{addr}/"} if tls else {"http": f"http://{addr}/",
                                                       "h2c": f"http://{addr}/"}
-    return Server("effe", proc, urls, argv)
+    return Server(label, proc, urls, argv)
 
 
 def start_nginx(pin: Pinning, tmp: Path, nginx: str, cert: Path, key: Path) -> Server:
