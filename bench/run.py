@@ -647,6 +647,20 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def server_summary(rs: list[dict]) -> dict:
+    """Medians over one server's runs of a case, `rs` in round order."""
+    return {
+        "rps_median": med([x["rps"] for x in rs]),
+        "p50_us_median": med([x["latency_us"]["p50"] for x in rs]),
+        "p99_us_median": med([x["latency_us"]["p99"] for x in rs]),
+        "server_cpu_median": med([x["server_cpu"] for x in rs]),
+        "gen_cpu_median": med([x["gen_cpu"] for x in rs]),
+        "others_cpu_median": med([x["others_cpu"] for x in rs]),
+        "errors": sum(x["errors"] + x["non_2xx"] for x in rs),
+        "rps_by_round": [x["rps"] for x in rs],
+    }
+
+
 def summarize_case(runs: list[dict], rounds: int) -> dict:
     by: dict[str, list[dict]] = {}
     for run in runs:
@@ -656,16 +670,7 @@ def summarize_case(runs: list[dict], rounds: int) -> dict:
         rs = by.get(name, [])
         if not rs:
             continue
-        servers[name] = {
-            "rps_median": med([x["rps"] for x in rs]),
-            "p50_us_median": med([x["latency_us"]["p50"] for x in rs]),
-            "p99_us_median": med([x["latency_us"]["p99"] for x in rs]),
-            "server_cpu_median": med([x["server_cpu"] for x in rs]),
-            "gen_cpu_median": med([x["gen_cpu"] for x in rs]),
-            "others_cpu_median": med([x["others_cpu"] for x in rs]),
-            "errors": sum(x["errors"] + x["non_2xx"] for x in rs),
-            "rps_by_round": [x["rps"] for x in sorted(rs, key=lambda x: x["round"])],
-        }
+        servers[name] = server_summary(sorted(rs, key=lambda x: x["round"]))
     ratios = {}
     for other in BASELINES:
         per_round = []
@@ -836,17 +841,10 @@ def summarize_latency(runs: list[dict], rounds: int, target: float) -> dict:
         if not rs:
             continue
         servers[name] = {
-            "rps_median": med([x["rps"] for x in rs]),
+            **server_summary(rs),
             "rps_min": min(x["rps"] for x in rs),
             "of_target_min": min(x["rps"] for x in rs) / target,
-            "p50_us_median": med([x["latency_us"]["p50"] for x in rs]),
-            "p99_us_median": med([x["latency_us"]["p99"] for x in rs]),
             "p99.9_us_median": med([x["latency_us"]["p99.9"] for x in rs]),
-            "server_cpu_median": med([x["server_cpu"] for x in rs]),
-            "gen_cpu_median": med([x["gen_cpu"] for x in rs]),
-            "others_cpu_median": med([x["others_cpu"] for x in rs]),
-            "errors": sum(x["errors"] + x["non_2xx"] for x in rs),
-            "rps_by_round": [x["rps"] for x in rs],
             "p99_us_by_round": [x["latency_us"]["p99"] for x in rs],
         }
     ratios = {}
