@@ -231,6 +231,8 @@ mod tests {
         assert_eq!(req.query(), Some("x=1&y"));
         assert_eq!(req.header("X-A"), Some(&b"1"[..]));
         assert_eq!(req.headers()[1].value_str(), None);
+        assert_eq!(req.header_str("host"), Some("h"));
+        assert_eq!(req.header_str("x-missing"), None);
         let h = req.to_http().unwrap();
         assert_eq!(h.headers().get_all("x-a").iter().count(), 2);
         assert_eq!(h.version(), http::Version::HTTP_2);
