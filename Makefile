@@ -13,14 +13,23 @@ run:
 	chmod go-w target/release/libhello.so
 	./target/release/effe-host --plugin target/release/libhello.so --listen $(LISTEN) $(RUN_ARGS)
 
+# The effe-abi 0.1.0 compatibility fixtures: a workspace of their own, built into the main target
+# directory, where the end-to-end tests find them and the dependencies are already compiled.
+COMPAT = --manifest-path tests/compat/Cargo.toml --target-dir $(or $(CARGO_TARGET_DIR),target)
+# Never the frozen effe-abi copy: it stays byte for byte as released.
+COMPAT_OWN = -p compat-effe-0-1-0 -p compat-host-0-1-0
+
 # End-to-end tests run the built binaries and effes: build everything first.
 test:
 	$(CARGO) build --workspace --all-targets
+	$(CARGO) build $(COMPAT)
 	$(CARGO) test --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --manifest-path tests/compat/Cargo.toml $(COMPAT_OWN) -- --check
+	$(CARGO) clippy $(COMPAT) $(COMPAT_OWN) --all-targets --no-deps -- -D warnings
 
 # effe-host vs a bare hyper server vs nginx (installs wrk, h2load, nginx with apt-get if
 # missing); e.g. `make bench BENCH_ARGS=--quick`. See bench/run.py --help.

@@ -12,7 +12,10 @@ use abi_stable::library::RootModuleResult;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::RResult;
 
-use crate::module::{EffeInfo, EffeModule, EffeModuleRef};
+use abi_stable::std_types::RStr;
+
+use crate::interfaces::{ExportedInterfaces, HostCall, Interface, RunV2, RUN_V2};
+use crate::module::{self, EffeInfo, EffeModule, EffeModuleRef};
 use crate::{Effe, EffeError, Error, ErrorKind, RawContext, Request, ResponseWriter};
 
 /// Exports an [`Effe`] implementation as the effe of this `cdylib`.
@@ -47,6 +50,13 @@ macro_rules! export_effe {
         #[allow(unsafe_code, non_upper_case_globals)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader =
             $crate::__private::lib_header::<$effe>();
+
+        // Where newer hosts find the interfaces added after the baseline
+        // (`effe_abi::interfaces::INTERFACES_SYMBOL`); older hosts never look.
+        #[unsafe(no_mangle)]
+        #[allow(unsafe_code, non_upper_case_globals)]
+        pub static effe_abi_interfaces: $crate::interfaces::ExportedInterfaces =
+            $crate::__private::interfaces::<$effe>();
     };
 }
 
@@ -61,6 +71,27 @@ pub trait Exported: Effe {
 /// The library header for effe `E`.
 pub const fn lib_header<E: Exported>() -> abi_stable::library::LibHeader {
     crate::ffi::lib_header(load_root_module::<E>)
+}
+
+/// The interfaces effe `E` offers beyond the baseline.
+pub const fn interfaces<E: Exported>() -> ExportedInterfaces {
+    ExportedInterfaces::new(get_interface::<E>)
+}
+
+/// The tables of effe `E`, made once at compile time.
+trait Tables {
+    const RUN_V2: &'static RunV2;
+}
+
+impl<E: Exported> Tables for E {
+    const RUN_V2: &'static RunV2 = &RunV2 { run: run_v2::<E> };
+}
+
+extern "C" fn get_interface<E: Exported>(name: RStr<'_>) -> Interface {
+    match name.as_str() {
+        RUN_V2 => Interface::of(<E as Tables>::RUN_V2),
+        _ => Interface::NONE,
+    }
 }
 
 extern "C" fn load_root_module<E: Exported>() -> RootModuleResult {
@@ -122,17 +153,33 @@ extern "C" fn start<E: Exported>() -> RResult<RawContext, EffeError> {
     guard(|| Ok(RawContext::new(instance::<E>()?.start()?)))
 }
 
+/// The baseline `run`, which hosts built before `run@2` call.
 extern "C" fn run<'a, E: Exported>(
     ctx: &mut RawContext,
     req: &Request<'a>,
-    resp: &mut ResponseWriter<'a>,
+    resp: &mut module::ResponseWriter<'a>,
 ) -> RResult<(), EffeError> {
     guard(|| {
         let effe = instance::<E>()?;
         // SAFETY: the host only passes back handles that `start::<E>` made.
         #[allow(unsafe_code)]
         let ctx = unsafe { ctx.as_mut::<E::Context>() };
-        effe.run(ctx, req, resp)
+        effe.run(ctx, req, &mut ResponseWriter::over_sink(resp))
+    })
+}
+
+/// `run@2`: the response goes through the host's call services.
+extern "C" fn run_v2<'a, 'b, E: Exported>(
+    ctx: &'b mut RawContext,
+    req: &'b Request<'a>,
+    call: HostCall<'b>,
+) -> RResult<(), EffeError> {
+    guard(|| {
+        let effe = instance::<E>()?;
+        // SAFETY: the host only passes back handles that `start::<E>` made.
+        #[allow(unsafe_code)]
+        let ctx = unsafe { ctx.as_mut::<E::Context>() };
+        effe.run(ctx, req, &mut ResponseWriter::over_call(call))
     })
 }
 

@@ -1,8 +1,9 @@
-//! The unsafe core of the boundary: the opaque Context handle and the exported library header.
-//! Its only callers are the generic shims in `export.rs` (the one other module with `unsafe`),
-//! instantiated with the effe's own types, so a handle is always read back as the type it was
-//! made from. The `ResponseSink` trait lives here too because `#[sabi_trait]` generates
-//! `unsafe` code.
+//! The unsafe core of the boundary: the opaque Context handle, the exported library header,
+//! the casts of interface tables and call states back to the types they were made from, and
+//! the host's second look into a library for its interfaces. The Context's callers are the
+//! generic shims in `export.rs` (the one other module with `unsafe`), instantiated with the
+//! effe's own types, so a handle is always read back as the type it was made from. The
+//! `ResponseSink` trait lives here too because `#[sabi_trait]` generates `unsafe` code.
 #![allow(unsafe_code)]
 // `#[sabi_trait]` expands to impls inside a const block.
 #![allow(non_local_definitions)]
@@ -11,12 +12,18 @@ use std::ffi::c_void;
 use std::fmt;
 use std::ptr::NonNull;
 
-use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
+use abi_stable::library::{CheckTypeLayout, LibHeader, RawLibrary, RootModuleResult};
 use abi_stable::sabi_trait;
-use abi_stable::std_types::{RResult, RSlice, RStr, RString};
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString};
+use abi_stable::type_layout::TypeLayout;
 use abi_stable::StableAbi;
 
+use crate::interfaces::{
+    EffeInterfaces, ExportedInterfaces, HostCall, InterfaceTable, LayoutMismatch, ResponseV1,
+    INTERFACES_SYMBOL,
+};
 use crate::module::EffeModuleRef;
+use crate::ResponseBuffer;
 
 /// An owned, opaque Context: a `Box<E::Context>` made by the effe's `start`, held by the host,
 /// lent back to `run` (one call at a time, never concurrently) and given back to `stop`, which
@@ -80,4 +87,98 @@ pub trait ResponseSink {
     /// Appends bytes to the body.
     #[sabi(last_prefix_field)]
     fn write_body(&mut self, chunk: RSlice<'_, u8>);
+}
+
+/// A table found under `T`'s name, read back as `T`.
+///
+/// # Safety
+///
+/// `table` points to a `'static` `T`: it was offered under `T::NAME` and its layout was checked
+/// against `T`'s.
+pub(crate) unsafe fn table<T: InterfaceTable>(table: NonNull<c_void>) -> &'static T {
+    // SAFETY: by this function's contract.
+    unsafe { table.cast::<T>().as_ref() }
+}
+
+/// Runs `f` on the buffer behind the state of a [`HostCall`] (the response services).
+pub(crate) fn with_buffer<T>(
+    state: NonNull<c_void>,
+    f: impl FnOnce(&mut ResponseBuffer) -> T,
+) -> T {
+    // SAFETY: a HostCall is made only by `ResponseBuffer::host_call`, from `&mut self` for the
+    // HostCall's lifetime, which the call (and so this service) cannot outlive; the services
+    // take the buffer one at a time, on the calling thread, and nothing else touches it
+    // meanwhile (the effe only holds the HostCall).
+    f(unsafe { state.cast::<ResponseBuffer>().as_mut() })
+}
+
+/// The host's side of `HostCall::lookup`: its interfaces, each given only for the layout the
+/// effe expects.
+pub(crate) extern "C" fn host_lookup(
+    name: RStr<'_>,
+    expected: NonNull<c_void>,
+) -> ROption<NonNull<c_void>> {
+    // SAFETY: `HostCall::lookup` passes `T::LAYOUT`, a `&'static TypeLayout`.
+    let expected = unsafe { expected.cast::<TypeLayout>().as_ref() };
+    let found = std::panic::catch_unwind(|| {
+        crate::interfaces::offer::<ResponseV1>(name.as_str(), expected, &crate::response::SERVICES)
+    });
+    found.ok().flatten().into()
+}
+
+/// The [`ExportedInterfaces`] of the library at `path`, which the host already loaded through
+/// its root module (so opening it again only takes another reference, and it is never
+/// unloaded); `None` for an effe built before interfaces existed.
+pub(crate) fn find_interfaces(
+    path: &std::path::Path,
+) -> Result<Option<&'static ExportedInterfaces>, String> {
+    let library = RawLibrary::load_at(path).map_err(|e| e.to_string())?;
+    let mut symbol = INTERFACES_SYMBOL.as_bytes().to_vec();
+    symbol.push(0);
+    // SAFETY: a symbol of this name is only made by `export_effe!`, as a static
+    // `ExportedInterfaces`; the caller checks its magic before trusting it further.
+    let found = unsafe { library.get::<*const ExportedInterfaces>(&symbol) }
+        .ok()
+        .map(|symbol| *symbol);
+    // The library stays loaded for the life of the process (so do its statics).
+    std::mem::forget(library);
+    // SAFETY: the symbol's address is that of a static in a library that is never unloaded.
+    Ok(found.and_then(|ptr| unsafe { ptr.as_ref() }))
+}
+
+impl HostCall<'_> {
+    /// The host's table for interface `T`, if the host has it with the layout this effe
+    /// expects. Look up once and keep the result: the host checks the layout on every lookup.
+    pub fn lookup<T: InterfaceTable>(&self) -> Option<&'static T> {
+        let expected = NonNull::from(T::LAYOUT).cast::<c_void>();
+        (self.lookup)(T::NAME.into(), expected)
+            .into_option()
+            // SAFETY: the host returns a table only for T's name and a layout it checked
+            // against T's (`host_lookup`).
+            .map(|found| unsafe { table::<T>(found) })
+    }
+}
+
+impl EffeInterfaces {
+    /// The effe's table for `T`, if it offers one.
+    ///
+    /// # Errors
+    ///
+    /// If it offers `T` with another layout.
+    pub fn get<T: InterfaceTable>(&self) -> Result<Option<&'static T>, LayoutMismatch> {
+        let Some(exported) = self.exported else {
+            return Ok(None);
+        };
+        let found = (exported.get)(T::NAME.into());
+        let (Some(layout), Some(found)) = (found.layout, found.table) else {
+            return Ok(None);
+        };
+        if abi_stable::abi_stability::abi_checking::check_layout_compatibility(T::LAYOUT, layout)
+            .is_err()
+        {
+            return Err(LayoutMismatch { name: T::NAME });
+        }
+        // SAFETY: the effe offered `found` under T's name, with T's layout.
+        Ok(Some(unsafe { table::<T>(found) }))
+    }
 }

@@ -102,6 +102,7 @@ mod effe;
 mod error;
 mod export;
 mod ffi;
+pub mod interfaces;
 pub mod module;
 mod request;
 mod response;
@@ -111,7 +112,9 @@ pub use error::{EffeError, Error, ErrorKind};
 pub use ffi::{RawContext, ResponseSink, ResponseSink_TO};
 pub use module::{EffeInfo, EffeModule, EffeModuleRef, ABI_VERSION};
 pub use request::{Header, HttpVersion, Request, RequestParts};
-pub use response::{ResponseBuffer, ResponseWriter};
+pub use response::{
+    ResponseBuffer, ResponseWriter, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEADER_BYTES,
+};
 
 /// Re-exported so that effes can convert to and from the `http` crate's types with the same
 /// version the SDK uses.
@@ -119,6 +122,6 @@ pub use http;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::export::{lib_header, Exported};
+    pub use crate::export::{interfaces, lib_header, Exported};
     pub use abi_stable::library::LibHeader;
 }

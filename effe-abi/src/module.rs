@@ -18,7 +18,10 @@ use abi_stable::{
     declare_root_module_statics, package_version_strings, sabi_types::VersionStrings,
 };
 
-use crate::{EffeError, RawContext, Request, ResponseWriter};
+use abi_stable::sabi_types::RMut;
+
+use crate::ffi::ResponseSink_TO;
+use crate::{EffeError, RawContext, Request};
 
 /// The version of effe-abi this copy was built as. The host compares it with the effe's at load.
 pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -77,11 +80,21 @@ impl EffeInfo {
     }
 }
 
+/// The writer as the baseline `run` receives it: a trait object over the host's sink.
+/// Frozen, like everything the root module reaches; effes write through
+/// [`crate::ResponseWriter`], which wraps it.
+#[repr(transparent)]
+#[derive(StableAbi)]
+pub struct ResponseWriter<'a> {
+    pub(crate) sink: ResponseSink_TO<'a, RMut<'a, ()>>,
+}
+
 /// The root module: metadata and the four entry points.
 ///
-/// It is an `abi_stable` prefix type: a later effe-abi may append fields after `stop` (moving
-/// `#[sabi(last_prefix_field)]`), and a host built against the newer version can still load an
-/// older effe, seeing the new fields as absent.
+/// Frozen as released in effe-abi 0.1.0, with every type it reaches: abi_stable refuses a
+/// library whose root module has fewer fields than the host's, so appending a field would
+/// refuse every effe built before it. New entry points are interfaces
+/// ([`crate::interfaces`]).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = EffeModuleRef)))]

@@ -2,22 +2,37 @@
 //!
 //! The writer is an `abi_stable` trait object over a sink that lives in the host, so every
 //! status, header and body byte is validated and stored by the host's own code and allocator.
-//! The sink's methods never panic: they are called through `extern "C"` shims.
+//! The sink's methods must never panic: they are called through `extern "C"` shims, where an
+//! unwind aborts the host. They use only fallible APIs, cap what an effe can make them store, and
+//! catch any panic left.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::RMut;
 use abi_stable::std_types::{RResult, RSlice, RStr, RString};
-use abi_stable::StableAbi;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
 use crate::ffi::{ResponseSink, ResponseSink_TO};
-use crate::Error;
+use crate::interfaces::{HostCall, ResponseV1};
+use crate::{module, Error};
 
 /// Where an effe writes its response during one `run` call.
 ///
 /// Status and headers may be set in any order before `run` returns; the host sends the
-/// response once `run` returns. If `run` returns an error and nothing was written, the client
-/// gets `500`; if something was written, the client gets what was written.
+/// response once `run` returns. If `run` returns an error and nothing was written (no status,
+/// header or body byte was stored: refused writes do not count), the client gets `500`; if
+/// something was written, the client gets what was written.
+///
+/// The headers are capped at [`MAX_RESPONSE_HEADERS`] and [`MAX_RESPONSE_HEADER_BYTES`]. Past a
+/// cap, or if the host cannot allocate the body, the response is broken: later writes are
+/// refused or dropped, and the client gets `500` whatever `run` returns, rather than a response
+/// missing what the effe wrote last.
 ///
 /// # Examples
 ///
@@ -34,10 +49,30 @@ use crate::Error;
 /// # assert_eq!((status.as_u16(), &body[..]), (201, &b"created 42"[..]));
 /// # assert_eq!(headers["content-type"], "text/plain");
 /// ```
-#[repr(transparent)]
-#[derive(StableAbi)]
 pub struct ResponseWriter<'a> {
-    sink: ResponseSink_TO<'a, RMut<'a, ()>>,
+    out: Out<'a>,
+}
+
+/// Where the writes go.
+enum Out<'a> {
+    /// The baseline sink, in a host that predates `run@2` (effe-abi 0.1.0).
+    Sink(ResponseSink_TO<'a, RMut<'a, ()>>),
+    /// The host's call services (`run@2`), and in unit tests over a [`ResponseBuffer`].
+    Call(HostCall<'a>),
+}
+
+impl<'a> ResponseWriter<'a> {
+    pub(crate) fn over_sink<'s>(raw: &'a mut module::ResponseWriter<'s>) -> Self {
+        ResponseWriter {
+            out: Out::Sink(raw.sink.sabi_reborrow_mut()),
+        }
+    }
+
+    pub(crate) fn over_call(call: HostCall<'a>) -> Self {
+        ResponseWriter {
+            out: Out::Call(call),
+        }
+    }
 }
 
 impl ResponseWriter<'_> {
@@ -45,32 +80,72 @@ impl ResponseWriter<'_> {
     ///
     /// # Errors
     ///
-    /// If `code` is not a final status (200–999).
+    /// If `code` is not a final status (200–999), or the response is broken.
     pub fn status(&mut self, code: u16) -> Result<&mut Self, Error> {
-        self.sink
-            .set_status(code)
-            .into_result()
-            .map_err(Error::msg)?;
+        match &mut self.out {
+            Out::Sink(sink) => sink.set_status(code),
+            Out::Call(call) => (call.response().set_status)(call.state(), code),
+        }
+        .into_result()
+        .map_err(Error::msg)?;
         Ok(self)
     }
 
     /// Appends a header. Hop-by-hop headers (`content-length`, `transfer-encoding`,
-    /// `connection`, …) are ignored: the host frames the response itself.
+    /// `connection`, …) are validated then ignored: the host frames the response itself.
     ///
     /// # Errors
     ///
-    /// If the name or value is not valid in HTTP.
+    /// If the name or value is not valid in HTTP (nothing is stored; the effe may carry on), or
+    /// the header would take the response past [`MAX_RESPONSE_HEADERS`] or
+    /// [`MAX_RESPONSE_HEADER_BYTES`], or the response is broken (the client will get `500`).
     pub fn header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<&mut Self, Error> {
-        self.sink
-            .append_header(name.into(), value.as_ref().into())
-            .into_result()
-            .map_err(Error::msg)?;
+        let value = value.as_ref();
+        match &mut self.out {
+            Out::Sink(sink) => sink.append_header(name.into(), value.into()),
+            Out::Call(call) => {
+                (call.response().append_header)(call.state(), name.into(), value.into())
+            }
+        }
+        .into_result()
+        .map_err(Error::msg)?;
         Ok(self)
     }
 
-    /// Appends `bytes` to the body.
+    /// Sets a header, replacing every value it had (where [`header`](Self::header) appends).
+    ///
+    /// Needs a host built with effe-abi 0.1.1 or later; an older host cannot replace a header,
+    /// and this returns an error there without changing anything (keep what was appended, or
+    /// decide not to append before).
+    ///
+    /// # Errors
+    ///
+    /// As [`header`](Self::header), and in a host older than effe-abi 0.1.1.
+    pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<&mut Self, Error> {
+        let value = value.as_ref();
+        match &mut self.out {
+            Out::Sink(_) => {
+                return Err(Error::msg(
+                    "set_header needs a host built with effe-abi 0.1.1 or later",
+                ))
+            }
+            Out::Call(call) => {
+                (call.response().set_header)(call.state(), name.into(), value.into())
+            }
+        }
+        .into_result()
+        .map_err(Error::msg)?;
+        Ok(self)
+    }
+
+    /// Appends `bytes` to the body. If the host cannot allocate them, the response is broken
+    /// and the client gets `500`.
     pub fn body(&mut self, bytes: impl AsRef<[u8]>) -> &mut Self {
-        self.sink.write_body(bytes.as_ref().into());
+        let bytes = bytes.as_ref();
+        match &mut self.out {
+            Out::Sink(sink) => sink.write_body(bytes.into()),
+            Out::Call(call) => (call.response().write_body)(call.state(), bytes.into()),
+        }
         self
     }
 
@@ -101,15 +176,47 @@ impl std::io::Write for ResponseWriter<'_> {
     }
 }
 
+/// The most headers one response may carry (repeated names count once per value).
+///
+/// Enforced by the host's sink (the [`ResponseBuffer`] of the effe-abi the host was built with).
+/// Beyond it, [`ResponseWriter::header`] returns an error and the response is broken: the client
+/// gets `500`, whatever `run` returns.
+//
+// Real responses carry tens of headers. The HTTP/1 parsers of hyper and Envoy accept 100 by
+// default, curl 5,000. 1,000 leaves room for unusual but legitimate responses (behind a proxy
+// configured for them) and stops a runaway effe, e.g. one that makes headers from client input,
+// long before memory or the `http` crate's hard limit (it panics near 24K distinct names) matter.
+pub const MAX_RESPONSE_HEADERS: usize = 1000;
+
+/// The most bytes of header names and values one response may carry (64 KiB).
+///
+/// Enforced like [`MAX_RESPONSE_HEADERS`]; no single header may be larger either.
+//
+// A typical response carries a few KiB of headers, and intermediaries take little more: nginx
+// keeps them in one 4–8 KiB proxy buffer by default, Envoy's default limit is 60 KiB, curl warns
+// past 60,000 bytes on HTTP/2 (peers may reset the stream) and refuses 300 KiB. A response past
+// 64 KiB would not get through most of them anyway.
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+
 /// The host's sink: collects what an effe writes into an `http` status, header map and body.
 ///
 /// Also useful in an effe's own unit tests, to call `run` without a host.
+///
+/// A write that is refused (an invalid status, name or value) stores nothing and leaves the
+/// buffer as it was: the effe sees the error and may carry on. A write that cannot be kept
+/// (past [`MAX_RESPONSE_HEADERS`] or [`MAX_RESPONSE_HEADER_BYTES`], a body the allocator cannot
+/// grow) *breaks* the buffer: it accepts nothing more, and the host answers `500` instead of
+/// sending a response that is not the one the effe wrote ([`failure`](Self::failure)).
 #[derive(Debug, Default)]
 pub struct ResponseBuffer {
     status: Option<StatusCode>,
     headers: HeaderMap,
+    /// Name and value bytes of `headers`, against [`MAX_RESPONSE_HEADER_BYTES`].
+    header_bytes: usize,
     body: Vec<u8>,
     written: bool,
+    /// Why the response can no longer be sent; static text where allocating may fail.
+    broken: Option<Cow<'static, str>>,
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -133,19 +240,41 @@ impl ResponseBuffer {
         Self::default()
     }
 
-    /// A writer over this buffer, to pass to `run`.
+    /// A writer over this buffer, to pass to `run`: in an effe's unit tests, what the host does.
     pub fn writer(&mut self) -> ResponseWriter<'_> {
-        ResponseWriter {
+        ResponseWriter::over_call(self.host_call())
+    }
+
+    /// This buffer as the host lends it to `run@2`.
+    pub fn host_call(&mut self) -> HostCall<'_> {
+        HostCall::new(NonNull::from(self).cast(), &SERVICES)
+    }
+
+    /// This buffer as the baseline `run` takes it (an effe built against effe-abi 0.1.0).
+    pub fn raw_writer(&mut self) -> module::ResponseWriter<'_> {
+        module::ResponseWriter {
             sink: ResponseSink_TO::from_ptr(self, TD_Opaque),
         }
     }
 
-    /// Whether the effe wrote anything: a status, a header or body bytes.
+    /// Whether the effe wrote anything: a status, a stored header or body bytes. Refused writes
+    /// and ignored hop-by-hop headers store nothing and do not count.
     pub fn is_written(&self) -> bool {
         self.written
     }
 
-    /// The status (200 unless set), headers and body.
+    /// Whether the response is broken: it cannot be sent as written, and the host answers `500`.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// Why the response is broken, if it is: `too many response headers (limit 1000)`, …
+    pub fn failure(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// The status (200 unless set), headers and body. For a broken response, what was kept before
+    /// it broke: do not send it.
     pub fn into_parts(self) -> (StatusCode, HeaderMap, Vec<u8>) {
         (
             self.status.unwrap_or(StatusCode::OK),
@@ -153,46 +282,233 @@ impl ResponseBuffer {
             self.body,
         )
     }
-}
 
-/// An error for the effe; out of line, so that the sink's hot path stays small.
-#[cold]
-#[inline(never)]
-fn refuse(why: std::fmt::Arguments<'_>) -> RResult<(), RString> {
-    RResult::RErr(why.to_string().into())
-}
+    /// Runs one sink method. A panic must not reach the `extern "C"` shim, where it would abort
+    /// the host: none is known (this is defence in depth), but one breaks the response instead.
+    /// Free when nothing panics.
+    fn guarded<T>(&mut self, method: impl FnOnce(&mut Self) -> T) -> Option<T> {
+        match catch_unwind(AssertUnwindSafe(|| method(&mut *self))) {
+            Ok(out) => Some(out),
+            Err(_) => {
+                self.broken = Some(Cow::Borrowed("the host's response sink panicked"));
+                None
+            }
+        }
+    }
 
-impl ResponseSink for ResponseBuffer {
-    fn set_status(&mut self, status: u16) -> RResult<(), RString> {
-        self.written = true;
+    /// The error for a write to a broken response.
+    #[cold]
+    #[inline(never)]
+    fn refuse_broken(&self) -> RResult<(), RString> {
+        refuse(format_args!(
+            "{}",
+            self.failure().unwrap_or("response broken")
+        ))
+    }
+
+    /// Breaks the response for a cap and tells the effe why.
+    #[cold]
+    #[inline(never)]
+    fn break_for(&mut self, cap: Cap) -> RResult<(), RString> {
+        let why = cap.to_string();
+        let err = RResult::RErr(RString::from(why.as_str()));
+        self.broken = Some(Cow::Owned(why));
+        err
+    }
+
+    fn store_status(&mut self, status: u16) -> RResult<(), RString> {
+        if self.broken.is_some() {
+            return self.refuse_broken();
+        }
         match StatusCode::from_u16(status) {
             Ok(code) if !code.is_informational() => {
                 self.status = Some(code);
+                self.written = true;
                 RResult::ROk(())
             }
             _ => refuse(format_args!("invalid response status {status}")),
         }
     }
 
-    fn append_header(&mut self, name: RStr<'_>, value: RSlice<'_, u8>) -> RResult<(), RString> {
-        self.written = true;
-        let name = match HeaderName::from_bytes(name.as_str().as_bytes()) {
-            Ok(name) => name,
-            Err(_) => return refuse(format_args!("invalid header name {name:?}")),
+    /// Replaces every value of `name` with `value`: the old ones go, then it is appended, with
+    /// the same checks. Refused (nothing changes) if the new value is invalid.
+    fn replace_header(&mut self, name: &str, value: &[u8]) -> RResult<(), RString> {
+        if self.broken.is_some() {
+            return self.refuse_broken();
+        }
+        let (Ok(parsed), Ok(_)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) else {
+            // The same refusal `store_header` gives, before anything is removed.
+            return self.store_header(name, value);
         };
-        let value = match HeaderValue::from_bytes(value.as_slice()) {
+        if let http::header::Entry::Occupied(entry) = self.headers.entry(parsed) {
+            let (name, old) = entry.remove_entry_mult();
+            let freed: usize = old.map(|v| name.as_str().len() + v.len()).sum();
+            self.header_bytes -= freed;
+        }
+        self.store_header(name, value)
+    }
+
+    fn store_header(&mut self, name: &str, value: &[u8]) -> RResult<(), RString> {
+        if self.broken.is_some() {
+            return self.refuse_broken();
+        }
+        let size = name.len() + value.len();
+        // Before parsing, which copies: bounds what one call can make the host allocate.
+        if size > MAX_RESPONSE_HEADER_BYTES {
+            return self.break_for(Cap::Bytes);
+        }
+        let name = match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => name,
+            Err(_) => return refuse(format_args!("invalid header name {}", Shown(name))),
+        };
+        let value = match HeaderValue::from_bytes(value) {
             Ok(value) => value,
             Err(_) => return refuse(format_args!("invalid value for header {name}")),
         };
-        if !is_hop_by_hop(&name) {
-            self.headers.append(name, value);
+        // Validated, then dropped: the host frames the response. Nothing is stored, so this
+        // neither counts against the caps nor makes the response written.
+        if is_hop_by_hop(&name) {
+            return RResult::ROk(());
         }
+        if self.headers.len() >= MAX_RESPONSE_HEADERS {
+            return self.break_for(Cap::Count);
+        }
+        if size > MAX_RESPONSE_HEADER_BYTES - self.header_bytes {
+            return self.break_for(Cap::Bytes);
+        }
+        // The `http` crate's own limit is far above ours; `append` would panic on it.
+        if self.headers.try_append(name, value).is_err() {
+            return self.break_for(Cap::Count);
+        }
+        self.header_bytes += size;
+        self.written = true;
         RResult::ROk(())
     }
 
-    fn write_body(&mut self, chunk: RSlice<'_, u8>) {
+    /// The body cannot grow: frees it (memory is short) and breaks the response.
+    #[cold]
+    #[inline(never)]
+    fn body_failed(&mut self) {
+        self.body = Vec::new();
+        self.broken = Some(Cow::Borrowed(
+            "response body too large: the host could not allocate it",
+        ));
+    }
+
+    fn store_body(&mut self, chunk: &[u8]) {
+        if self.broken.is_some() || chunk.is_empty() {
+            return;
+        }
+        // `extend_from_slice` aborts the process when the allocator fails (or panics past
+        // `isize::MAX`); the effe cannot be told, so the response breaks and the host answers 500
+        // rather than send a truncated body.
+        if self.body.try_reserve(chunk.len()).is_err() {
+            return self.body_failed();
+        }
+        self.body.extend_from_slice(chunk);
         self.written = true;
-        self.body.extend_from_slice(chunk.as_slice());
+    }
+}
+
+/// A cap on the response headers, as the effe and the log read it.
+#[derive(Debug, Clone, Copy)]
+enum Cap {
+    Count,
+    Bytes,
+}
+
+impl fmt::Display for Cap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cap::Count => write!(
+                f,
+                "too many response headers (limit {MAX_RESPONSE_HEADERS})"
+            ),
+            Cap::Bytes => write!(
+                f,
+                "response headers too large (limit {MAX_RESPONSE_HEADER_BYTES} bytes of names \
+                 and values)"
+            ),
+        }
+    }
+}
+
+/// An effe's header name in an error message: its start, so that the message stays one line.
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX_CHARS: usize = 64;
+        match self.0.char_indices().nth(MAX_CHARS) {
+            Some((end, _)) => write!(f, "{:?}…", &self.0[..end]),
+            None => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
+/// An error for the effe; out of line, so that the sink's hot path stays small.
+#[cold]
+#[inline(never)]
+fn refuse(why: fmt::Arguments<'_>) -> RResult<(), RString> {
+    RResult::RErr(why.to_string().into())
+}
+
+/// The response services the host offers `run@2` (and unit tests use through
+/// [`ResponseBuffer::writer`]). Each runs `guarded`, like the sink's methods.
+pub(crate) static SERVICES: ResponseV1 = ResponseV1 {
+    set_status: call_set_status,
+    append_header: call_append_header,
+    set_header: call_set_header,
+    write_body: call_write_body,
+};
+
+// The state is always the buffer `host_call` lent: `HostCall` is made nowhere else.
+
+extern "C" fn call_set_status(state: NonNull<c_void>, status: u16) -> RResult<(), RString> {
+    crate::ffi::with_buffer(state, |buf| buf.set_status(status))
+}
+
+extern "C" fn call_append_header(
+    state: NonNull<c_void>,
+    name: RStr<'_>,
+    value: RSlice<'_, u8>,
+) -> RResult<(), RString> {
+    crate::ffi::with_buffer(state, |buf| buf.append_header(name, value))
+}
+
+extern "C" fn call_set_header(
+    state: NonNull<c_void>,
+    name: RStr<'_>,
+    value: RSlice<'_, u8>,
+) -> RResult<(), RString> {
+    crate::ffi::with_buffer(state, |buf| {
+        buf.guarded(|buf| buf.replace_header(name.as_str(), value.as_slice()))
+            .unwrap_or_else(|| buf.refuse_broken())
+    })
+}
+
+extern "C" fn call_write_body(state: NonNull<c_void>, chunk: RSlice<'_, u8>) {
+    crate::ffi::with_buffer(state, |buf| buf.write_body(chunk))
+}
+
+// Each method runs `guarded`: these are called through `extern "C"` shims.
+impl ResponseSink for ResponseBuffer {
+    fn set_status(&mut self, status: u16) -> RResult<(), RString> {
+        self.guarded(|buf| buf.store_status(status))
+            .unwrap_or_else(|| self.refuse_broken())
+    }
+
+    fn append_header(&mut self, name: RStr<'_>, value: RSlice<'_, u8>) -> RResult<(), RString> {
+        self.guarded(|buf| buf.store_header(name.as_str(), value.as_slice()))
+            .unwrap_or_else(|| self.refuse_broken())
+    }
+
+    fn write_body(&mut self, chunk: RSlice<'_, u8>) {
+        // A panic has already broken the response: nothing more to do.
+        let _ = self.guarded(|buf| buf.store_body(chunk.as_slice()));
     }
 }
 
@@ -228,5 +544,165 @@ mod tests {
         let buf = ResponseBuffer::new();
         assert!(!buf.is_written());
         assert_eq!(buf.into_parts().0, StatusCode::OK);
+    }
+
+    /// The message of a refused write.
+    fn refusal(result: Result<&mut ResponseWriter<'_>, Error>) -> String {
+        match result {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.message().to_owned(),
+        }
+    }
+
+    fn header_count(buf: ResponseBuffer) -> usize {
+        buf.into_parts().1.len()
+    }
+
+    #[test]
+    fn refused_writes_and_hop_by_hop_headers_leave_it_unwritten() {
+        let mut buf = ResponseBuffer::new();
+        {
+            let mut w = buf.writer();
+            assert!(w.status(1000).is_err());
+            assert!(w.status(199).is_err());
+            assert!(w.header("bad name", "x").is_err());
+            assert!(w.header("x-ok", b"\r\n").is_err());
+            assert!(w.header("connection", "close").is_ok());
+            assert!(w.header("content-length", b"\n").is_err());
+            w.body("");
+        }
+        assert!(!buf.is_written());
+        assert!(!buf.is_broken());
+        buf.writer().body("x");
+        assert!(buf.is_written());
+
+        let mut buf = ResponseBuffer::new();
+        buf.writer().status(204).unwrap();
+        assert!(buf.is_written());
+        let mut buf = ResponseBuffer::new();
+        buf.writer().header("x-a", "1").unwrap();
+        assert!(buf.is_written());
+    }
+
+    #[test]
+    fn past_the_header_count_cap_the_response_breaks() {
+        let mut buf = ResponseBuffer::new();
+        {
+            let mut w = buf.writer();
+            // Ignored headers are not stored, so they do not count.
+            for _ in 0..10 {
+                w.header("connection", "close").unwrap();
+            }
+            w.header("x-same", "0").unwrap();
+            for i in 1..MAX_RESPONSE_HEADERS {
+                w.header(&format!("x-h-{i}"), "v").unwrap();
+            }
+            assert_eq!(
+                refusal(w.header("x-one-more", "v")),
+                "too many response headers (limit 1000)"
+            );
+            // Broken: nothing more is accepted.
+            assert!(w.header("x-same", "1").is_err());
+            assert!(w.status(404).is_err());
+            w.body("dropped");
+        }
+        assert!(buf.is_broken());
+        assert_eq!(
+            buf.failure(),
+            Some("too many response headers (limit 1000)")
+        );
+        let (status, headers, body) = buf.into_parts();
+        assert_eq!(headers.len(), MAX_RESPONSE_HEADERS);
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn repeated_names_count_against_the_cap_too() {
+        let mut buf = ResponseBuffer::new();
+        {
+            let mut w = buf.writer();
+            for _ in 0..MAX_RESPONSE_HEADERS {
+                w.header("set-cookie", "a=b").unwrap();
+            }
+            assert!(w.header("set-cookie", "a=b").is_err());
+        }
+        assert!(buf.is_broken());
+        assert_eq!(header_count(buf), MAX_RESPONSE_HEADERS);
+    }
+
+    #[test]
+    fn thirty_thousand_distinct_names_are_an_error_not_a_panic() {
+        // The `http` crate panics near 24K distinct names; through the `extern "C"` shim that
+        // was an abort of the whole host.
+        let mut buf = ResponseBuffer::new();
+        let mut errors = 0;
+        {
+            let mut w = buf.writer();
+            for i in 0..30_000 {
+                if w.header(&format!("x-h-{i}"), "v").is_err() {
+                    errors += 1;
+                }
+            }
+        }
+        assert_eq!(errors, 30_000 - MAX_RESPONSE_HEADERS);
+        assert!(buf.is_broken());
+        assert_eq!(header_count(buf), MAX_RESPONSE_HEADERS);
+    }
+
+    #[test]
+    fn header_bytes_are_capped_at_names_plus_values() {
+        let fill = "v".repeat(MAX_RESPONSE_HEADER_BYTES - "x-big".len() - "x-a1".len());
+        let mut buf = ResponseBuffer::new();
+        {
+            let mut w = buf.writer();
+            w.header("x-a", "1").unwrap();
+            w.header("content-length", "5").unwrap();
+            w.header("x-big", &fill).unwrap();
+            // Exactly at the cap; one more byte is past it.
+            let err = refusal(w.header("x", ""));
+            assert!(err.starts_with("response headers too large (limit 65536 bytes"));
+        }
+        assert!(buf.is_broken());
+        assert_eq!(header_count(buf), 2);
+
+        // One header larger than the whole cap, even an ignored one, is refused before parsing.
+        let mut buf = ResponseBuffer::new();
+        let huge = "v".repeat(MAX_RESPONSE_HEADER_BYTES);
+        assert!(buf.writer().header("connection", &huge).is_err());
+        assert!(buf.is_broken());
+    }
+
+    #[test]
+    fn a_panic_in_a_sink_method_breaks_the_response() {
+        let mut buf = ResponseBuffer::new();
+        buf.writer().header("x-a", "1").unwrap();
+        assert_eq!(buf.guarded(|_| 7), Some(7));
+        assert!(!buf.is_broken());
+        assert_eq!(buf.guarded(|_| -> () { panic!("sink bug") }), None);
+        assert_eq!(buf.failure(), Some("the host's response sink panicked"));
+        assert_eq!(
+            refusal(buf.writer().header("x-b", "2")),
+            "the host's response sink panicked"
+        );
+    }
+
+    #[test]
+    fn a_body_that_cannot_grow_breaks_the_response() {
+        let mut buf = ResponseBuffer::new();
+        buf.writer().body("partial");
+        buf.body_failed();
+        buf.writer().body("more");
+        assert!(buf.is_broken());
+        assert!(buf.failure().unwrap().contains("body"));
+        assert!(buf.into_parts().2.is_empty());
+    }
+
+    #[test]
+    fn a_long_bad_name_is_shown_shortened() {
+        let name = format!("bad name {}", "é".repeat(1000));
+        let err = refusal(ResponseBuffer::new().writer().header(&name, "x"));
+        assert!(err.ends_with('…'), "{err}");
+        assert!(err.chars().count() < 100, "{err}");
     }
 }

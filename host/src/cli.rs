@@ -91,6 +91,12 @@ pub struct Args {
           value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// After the shutdown timeout, how long the effe's Stops may still take. The host exits
+    /// non-zero (16) if a Context was not stopped by then.
+    #[arg(long, env = "EFFE_STOP_TIMEOUT", value_name = "DURATION", default_value = "5s",
+          value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
     /// Where errors returned by Run (and panics) are logged: a unix socket path,
     /// `udp://HOST:PORT`, `tcp://HOST:PORT`, or `off` (stderr only). Falls back to stderr, with
     /// one warning, when the syslog cannot be reached.
@@ -142,6 +148,7 @@ pub struct Config {
     pub pool: crate::pool::PoolConfig,
     pub max_body_size: usize,
     pub shutdown_timeout: Duration,
+    pub stop_timeout: Duration,
     pub syslog: SyslogTarget,
     pub allow_insecure_plugin: bool,
     /// `None`: follow the effe's declaration.
@@ -197,6 +204,7 @@ impl Args {
             },
             max_body_size: self.max_body_size,
             shutdown_timeout: self.shutdown_timeout,
+            stop_timeout: self.stop_timeout,
             syslog,
             allow_insecure_plugin: self.allow_insecure_plugin,
             call_mode,

@@ -32,13 +32,11 @@ impl Drain {
         Arc::new(Drain::default())
     }
 
-    /// Tracks `conn` until it ends.
-    pub fn watch<C: GracefulConnection>(self: &Arc<Self>, conn: C) -> Watched<C> {
+    /// Counts a connection from the moment it is accepted, before any TLS handshake: shutdown
+    /// waits for it too, so a client whose handshake ends during the drain is still served.
+    pub fn admit(self: &Arc<Self>) -> Admitted {
         self.live.fetch_add(1, Ordering::Relaxed);
-        Watched {
-            conn: Box::pin(conn),
-            stop: Some(Box::pin(self.stop.clone().notified_owned())),
-            registered: false,
+        Admitted {
             drain: self.clone(),
         }
     }
@@ -58,13 +56,43 @@ impl Drain {
     }
 }
 
+/// One accepted connection, counted by its [`Drain`] until dropped.
+pub struct Admitted {
+    drain: Arc<Drain>,
+}
+
+impl Admitted {
+    /// Whether shutdown has started.
+    pub fn stopping(&self) -> bool {
+        self.drain.stopping.load(Ordering::Acquire)
+    }
+
+    /// Serves `conn` until it ends, closing it gracefully when shutdown starts.
+    pub fn watch<C: GracefulConnection>(self, conn: C) -> Watched<C> {
+        Watched {
+            conn: Box::pin(conn),
+            stop: Some(Box::pin(self.drain.stop.clone().notified_owned())),
+            registered: false,
+            admitted: self,
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.drain.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drain.empty.notify_waiters();
+        }
+    }
+}
+
 /// A connection that closes gracefully when its [`Drain`] shuts down.
 pub struct Watched<C> {
     conn: Pin<Box<C>>,
     /// `None` once the connection was told to shut down.
     stop: Option<Pin<Box<OwnedNotified>>>,
     registered: bool,
-    drain: Arc<Drain>,
+    admitted: Admitted,
 }
 
 impl<C: GracefulConnection> Future for Watched<C> {
@@ -74,23 +102,15 @@ impl<C: GracefulConnection> Future for Watched<C> {
         let this = self.get_mut();
         if let Some(stop) = this.stop.as_mut() {
             // Poll the notification only to register (first poll) or once it has fired.
-            if !this.registered || this.drain.stopping.load(Ordering::Acquire) {
+            if !this.registered || this.admitted.stopping() {
                 this.registered = true;
                 let fired = stop.as_mut().poll(cx).is_ready();
-                if fired || this.drain.stopping.load(Ordering::Acquire) {
+                if fired || this.admitted.stopping() {
                     this.stop = None;
                     this.conn.as_mut().graceful_shutdown();
                 }
             }
         }
         this.conn.as_mut().poll(cx)
-    }
-}
-
-impl<C> Drop for Watched<C> {
-    fn drop(&mut self) {
-        if self.drain.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.drain.empty.notify_waiters();
-        }
     }
 }

@@ -33,6 +33,14 @@ pub enum Fatal {
         kind: TlsFailure,
         reason: String,
     },
+    /// Shutdown ended with Contexts that were never stopped (a Run, Start or Stop still
+    /// running at the deadline).
+    #[error(
+        "shutdown incomplete: {} Context(s) not stopped by the deadline ({} still in Run, {} still \
+         starting, {} still stopping)",
+        .0.total(), .0.in_run, .0.starting, .0.stopping
+    )]
+    Unstopped(crate::pool::Unstopped),
     /// Anything else at run time (the runtime could not be built, …).
     #[error("{0}")]
     Runtime(String),
@@ -90,6 +98,7 @@ impl Fatal {
                 TlsFailure::KeyMismatch => 14,
                 TlsFailure::BadClientCa => 15,
             },
+            Fatal::Unstopped(_) => 16,
             Fatal::Runtime(_) => 1,
         })
     }

@@ -49,7 +49,7 @@ pub(crate) struct App {
     pub(crate) pool: Pool<Effes>,
     pub(crate) call_mode: CallMode,
     pub(crate) max_body_size: usize,
-    pub(crate) run_log: RunLog,
+    pub(crate) run_log: Arc<RunLog>,
     pub(crate) ids: RequestIds,
 }
 
@@ -231,6 +231,11 @@ impl App {
 
     /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails).
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Response<Body>> {
+        // A declared length over the limit is refused before the first read, which is what
+        // would answer `Expect: 100-continue`: the client is not invited to send it.
+        if body.size_hint().lower() > self.max_body_size as u64 {
+            return Err(plain(StatusCode::PAYLOAD_TOO_LARGE));
+        }
         match Limited::new(body, self.max_body_size).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -265,7 +270,16 @@ impl App {
         };
         let mut out = ResponseBuffer::new();
         match self.plugin.run(lease.context(), &call, &mut out) {
-            Ok(()) => into_response(out),
+            Ok(()) if !out.is_broken() => into_response(out),
+            // The response could not be kept whole (a cap, no memory): fail as if run had.
+            Ok(()) => {
+                let message = out.failure().unwrap_or_default().to_owned();
+                let failure = Failure {
+                    panicked: false,
+                    message,
+                };
+                self.run_failed(lease, request_id, failure, out)
+            }
             Err(failure) => self.run_failed(lease, request_id, failure, out),
         }
     }
@@ -285,7 +299,7 @@ impl App {
         if failure.panicked {
             lease.retire();
             internal_error(request_id)
-        } else if out.is_written() {
+        } else if out.is_written() && !out.is_broken() {
             into_response(out)
         } else {
             internal_error(request_id)

@@ -48,9 +48,16 @@ fn run(args: cli::Args) -> Result<(), Fatal> {
         println!("{}", info.to_json());
         return Ok(());
     }
+    // Signals are handled from before Init on: a SIGHUP (certificate rotation) while a slow
+    // Init runs must not kill the host.
+    let runtime = server::main_runtime(&config)?;
+    let signals = {
+        let _entered = runtime.enter();
+        server::Signals::install()?
+    };
     plugin
         .init()
         .map_err(|f| Fatal::Init(info.name.to_owned(), f.to_string()))?;
 
-    server::run(config, plugin, tls)
+    server::run(runtime, config, plugin, tls, signals)
 }

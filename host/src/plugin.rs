@@ -1,12 +1,15 @@
 //! Loading an effe and calling its entry points. The only module that touches effe-abi's FFI
 //! types: the rest of the host sees [`Plugin`], [`Context`], [`Failure`] and [`Info`].
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, RootModule};
 use bytes::Bytes;
+use effe_abi::interfaces::{EffeInterfaces, RunV2, RUN_V2};
 use effe_abi::{EffeError, EffeModuleRef, ErrorKind, Header, HttpVersion, RawContext, Request};
 use effe_abi::{RequestParts, ResponseBuffer};
 
@@ -16,6 +19,8 @@ use crate::error::{Fatal, LoadFailure};
 #[derive(Clone, Copy)]
 pub struct Plugin {
     module: EffeModuleRef,
+    /// `run@2`, when the effe offers it (built against effe-abi 0.1.1 or later).
+    run_v2: Option<&'static RunV2>,
 }
 
 /// An effe's metadata.
@@ -26,6 +31,8 @@ pub struct Info {
     pub description: &'static str,
     pub abi_version: &'static str,
     pub nonblocking: bool,
+    /// The interfaces beyond the baseline that the effe offers and this host uses.
+    pub interfaces: &'static [&'static str],
 }
 
 impl Info {
@@ -37,6 +44,7 @@ impl Info {
             "description": self.description,
             "abi_version": self.abi_version,
             "nonblocking": self.nonblocking,
+            "interfaces": self.interfaces,
         })
         .to_string()
     }
@@ -157,38 +165,150 @@ fn classify(err: &LibraryError) -> (LoadFailure, String) {
     }
 }
 
+/// `/proc/self/fd/N` for `file`, if /proc is mounted and shows that descriptor as this inode.
+fn descriptor_path(file: &fs::File, meta: &Metadata) -> Option<PathBuf> {
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let seen = fs::metadata(&path).ok()?;
+    (seen.dev() == meta.dev() && seen.ino() == meta.ino()).then_some(path)
+}
+
+/// Checks that only root or the host's effective user can write or replace the plugin: the file
+/// (`meta`, from the open descriptor) is owned by one of them and not writable by group or
+/// others, and so is every directory up to `/`, except that a sticky directory (like /tmp) may
+/// be writable by all, since there only an entry's owner may rename or delete it.
+///
+/// The directories are checked by path: std cannot open a directory without read permission
+/// (no `O_PATH`, no `openat`), and path resolution is what the check is about. Once they pass,
+/// only root or the host's user can change what the canonical path names, so if it still names
+/// the opened inode afterwards, that inode is the one that sits in those directories.
+fn check_trusted(canonical: &Path, meta: &Metadata) -> Result<(), String> {
+    let euid = effective_uid()
+        .map_err(|e| format!("cannot read the host's uid from /proc/self/status: {e}"))?;
+    let trusted = |uid: u32| uid == 0 || uid == euid;
+    if !trusted(meta.uid()) {
+        return Err(format!(
+            "owned by uid {}, not by root or the host's user (uid {euid}); fix with chown, or \
+             pass --allow-insecure-plugin",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o}); fix with chmod go-w, or pass \
+             --allow-insecure-plugin",
+            meta.mode() & 0o7777
+        ));
+    }
+    for dir in canonical.ancestors().skip(1) {
+        let shown = dir.display();
+        let d = fs::symlink_metadata(dir)
+            .map_err(|e| format!("cannot check its directory {shown}: {e}"))?;
+        if !d.is_dir() {
+            return Err(format!(
+                "its directory {shown} changed while being checked; try again"
+            ));
+        }
+        if !trusted(d.uid()) {
+            return Err(format!(
+                "its directory {shown} is owned by uid {}, not by root or the host's user (uid \
+                 {euid}); fix with chown, or pass --allow-insecure-plugin",
+                d.uid()
+            ));
+        }
+        if d.mode() & 0o022 != 0 && d.mode() & 0o1000 == 0 {
+            return Err(format!(
+                "its directory {shown} is writable by group or others (mode {:o}, not sticky); \
+                 fix with chmod go-w, or pass --allow-insecure-plugin",
+                d.mode() & 0o7777
+            ));
+        }
+    }
+    let now = fs::metadata(canonical).map_err(|e| format!("changed while being checked: {e}"))?;
+    if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
+        return Err("replaced while being checked; try again".to_owned());
+    }
+    Ok(())
+}
+
+/// The host's effective uid: the second field of the `Uid:` line of `/proc/self/status` (real,
+/// effective, saved, filesystem). std has no `geteuid`; `libc`'s would need `unsafe`, and a crate
+/// for one number is not worth it when the load needs /proc anyway.
+fn effective_uid() -> io::Result<u32> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|uids| uids.split_whitespace().nth(1))
+        .and_then(|euid| euid.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no effective uid in it"))
+}
+
 impl Plugin {
-    /// Loads the effe at `path`, after checking that it exists and that only its owner may write
-    /// it (dlopen runs the library's constructors: a writable library is a code-injection door).
+    /// Loads the effe at `path`. dlopen runs the library's constructors, so unless
+    /// `allow_insecure` the file must be one that only root or the host's own user can write or
+    /// replace (see [`check_trusted`]): anyone else who could would be running code in the host.
+    ///
+    /// The checks and the load use one descriptor: the file is opened once, checked with
+    /// `fstat`, and dlopen'ed as `/proc/self/fd/N`, so the inode checked is the inode loaded,
+    /// whatever happens to the path in between. (So the loader's `$ORIGIN` is /proc/self/fd:
+    /// an effe cannot find libraries next to itself through an `$ORIGIN` runpath.)
     pub fn load(path: &Path, allow_insecure: bool) -> Result<Plugin, Fatal> {
-        // dlopen of a bare name searches the library path, not the working directory.
+        // dlopen of a bare name searches the library path, not the working directory; the
+        // canonical path is also what the directory checks walk.
         let canonical: PathBuf = path
             .canonicalize()
             .map_err(|e| refuse(path, LoadFailure::Missing, e.to_string()))?;
-        let meta = fs::metadata(&canonical)
+        let file = fs::File::open(&canonical)
+            .map_err(|e| refuse(path, LoadFailure::Missing, e.to_string()))?;
+        let meta = file
+            .metadata()
             .map_err(|e| refuse(path, LoadFailure::Missing, e.to_string()))?;
         if !meta.is_file() {
             return Err(refuse(path, LoadFailure::NotALibrary, "not a regular file"));
         }
-        let mode = meta.permissions().mode();
-        if mode & 0o022 != 0 && !allow_insecure {
-            return Err(refuse(
-                path,
-                LoadFailure::Insecure,
-                format!(
-                    "writable by group or others (mode {:o}); fix with chmod go-w, or pass \
-                     --allow-insecure-plugin",
-                    mode & 0o7777
-                ),
-            ));
+        let by_descriptor = descriptor_path(&file, &meta);
+        if !allow_insecure {
+            // Without /proc (a bare chroot; a container always has it) the file could only be
+            // loaded by path, which is what the checks cannot vouch for: refuse rather than
+            // check one file and load another.
+            if by_descriptor.is_none() {
+                return Err(refuse(
+                    path,
+                    LoadFailure::Insecure,
+                    "cannot load the checked file: /proc is not mounted (the host loads the \
+                     plugin through /proc/self/fd); mount /proc, or pass --allow-insecure-plugin",
+                ));
+            }
+            check_trusted(&canonical, &meta)
+                .map_err(|why| refuse(path, LoadFailure::Insecure, why))?;
         }
-        fs::File::open(&canonical)
-            .map_err(|e| refuse(path, LoadFailure::Missing, e.to_string()))?;
-        let module = EffeModuleRef::load_from_file(&canonical).map_err(|e| {
+        // With --allow-insecure-plugin and no /proc, the path is all there is.
+        let load_path = by_descriptor.unwrap_or_else(|| canonical.clone());
+        let module = EffeModuleRef::load_from_file(&load_path).map_err(|e| {
             let (kind, reason) = classify(&e);
+            // dlerror names the path it was given: name the plugin's file instead.
+            let reason =
+                reason.replace(&*load_path.to_string_lossy(), &canonical.to_string_lossy());
             refuse(path, kind, reason)
         })?;
-        Ok(Plugin { module })
+        // The library is never unloaded and the loader knows it as /proc/self/fd/N (dladdr and
+        // backtraces open that name): keep N open for good, so that the name keeps naming this
+        // file and never another one that reuses the number.
+        let _ = file.into_raw_fd();
+        // What the effe offers beyond the baseline (nothing, if built against effe-abi 0.1.0).
+        let interfaces = EffeInterfaces::of_library(&load_path)
+            .map_err(|why| refuse(path, LoadFailure::Incompatible, why))?;
+        let run_v2 = interfaces.get::<RunV2>().map_err(|mismatch| {
+            refuse(
+                path,
+                LoadFailure::Incompatible,
+                format!(
+                    "incompatible effe ABI: {mismatch} (rebuild the effe against effe-abi {})",
+                    effe_abi::ABI_VERSION
+                ),
+            )
+        })?;
+        Ok(Plugin { module, run_v2 })
     }
 
     /// The effe's metadata.
@@ -200,6 +320,11 @@ impl Plugin {
             description: info.description(),
             abi_version: info.abi_version(),
             nonblocking: info.nonblocking(),
+            interfaces: if self.run_v2.is_some() {
+                &[RUN_V2]
+            } else {
+                &[]
+            },
         }
     }
 
@@ -264,8 +389,10 @@ impl Plugin {
             peer_addr: call.peer_addr,
             request_id: call.request_id,
         });
-        let mut writer = out.writer();
-        let result = (self.module.run())(&mut ctx.0, &request, &mut writer);
+        let result = match self.run_v2 {
+            Some(run_v2) => (run_v2.run)(&mut ctx.0, &request, out.host_call()),
+            None => (self.module.run())(&mut ctx.0, &request, &mut out.raw_writer()),
+        };
         result.into_result().map_err(Failure::from)
     }
 }

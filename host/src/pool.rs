@@ -2,22 +2,32 @@
 //!
 //! Invariants (all state lives under one mutex, held only for a few pointer moves):
 //! - `live` counts Contexts started or being started and not yet handed to `stop`; it never
-//!   exceeds `max`.
+//!   exceeds `max`. `starting` counts the Starts in flight among them.
 //! - A Context is owned by exactly one of: the idle stack, a [`Lease`] (one request), a grant in
 //!   flight to a waiter, or a stop task. It is never used by two requests at once.
 //! - Every Context that `start` returned reaches `stop` exactly once: when idle past the
-//!   timeout (down to `min`), after its request asked to retire it (a panic), or at close.
-//! - Waiters are served in FIFO order. A grant sent to a waiter that has gone away (timed out,
-//!   client disconnected) comes back and goes to the next one; nothing is lost.
+//!   timeout (down to `min`), after its request asked to retire it (a panic), or at close. A
+//!   Start hands its Context over on the thread it ran on, so no runtime has to be alive (or
+//!   idle) for the Context to reach its owner.
+//! - Waiters are served in FIFO order, and a newcomer never starts a Context while a waiter is
+//!   queued. A grant sent to a waiter that has gone away (timed out, client disconnected) comes
+//!   back and goes to the next one; nothing is lost.
+//! - A request waits at most the queue timeout in all, including for a Start made for it; a
+//!   Context that arrives later goes to the pool.
+//! - After a failed Start the pool backs off: no Start for 100 ms, doubling per failed window
+//!   (not per failure: concurrent failures open one window) up to 10 s; a success resets it.
+//!   When a window ends, free slots go to the queued waiters first.
 //!
 //! Idle Contexts are reused most-recently-used first, so that the least used ones age out.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
+// The pool's clock: tokio's, so that tests can pause and advance it.
+use tokio::time::Instant;
 
 /// Makes and closes Contexts. `start` and `stop` may block; the pool calls them on blocking
 /// threads.
@@ -64,6 +74,23 @@ pub enum AcquireError {
     Closed,
 }
 
+/// What [`Pool::close`] could not stop by its deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unstopped {
+    /// Contexts still lent to a request (a Run that has not returned).
+    pub in_run: usize,
+    /// Starts that have not returned.
+    pub starting: usize,
+    /// Stops that have not returned.
+    pub stopping: usize,
+}
+
+impl Unstopped {
+    pub fn total(&self) -> usize {
+        self.in_run + self.starting + self.stopping
+    }
+}
+
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -90,11 +117,18 @@ struct State<C> {
     /// Maintenance ticks so far: the pool's clock for idleness (no clock read per request).
     tick: u64,
     live: usize,
+    starting: usize,
     stopping: usize,
     waiters: VecDeque<oneshot::Sender<Grant<C>>>,
     backoff: Duration,
     backoff_until: Option<Instant>,
     closed: bool,
+}
+
+impl<C> State<C> {
+    fn backing_off(&self) -> bool {
+        self.backoff_until.is_some_and(|t| Instant::now() < t)
+    }
 }
 
 struct Inner<M: Manager> {
@@ -176,6 +210,7 @@ impl<M: Manager> Pool<M> {
                     idle: VecDeque::new(),
                     tick: 0,
                     live: 0,
+                    starting: 0,
                     stopping: 0,
                     waiters: VecDeque::new(),
                     backoff: Duration::ZERO,
@@ -191,11 +226,18 @@ impl<M: Manager> Pool<M> {
     /// ones already started stay in the pool and are stopped at close).
     pub fn fill(&self) -> Result<(), String> {
         for _ in 0..self.inner.config.min {
-            self.inner.lock().live += 1;
-            match self.inner.manager.start() {
+            {
+                let mut st = self.inner.lock();
+                st.live += 1;
+                st.starting += 1;
+            }
+            let started = self.inner.manager.start();
+            self.inner.lock().starting -= 1;
+            match started {
                 Ok(ctx) => self.inner.release(ctx, true),
                 Err(e) => {
                     self.inner.lock().live -= 1;
+                    self.inner.drained.notify_waiters();
                     return Err(e);
                 }
             }
@@ -204,21 +246,23 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Waits for exclusive use of a Context: an idle one, a new one if below `max`, or the next
-    /// one released, in FIFO order, for at most the queue timeout.
+    /// one released, in FIFO order, for at most the queue timeout in all.
     pub async fn acquire(&self) -> Result<Lease<M>, AcquireError> {
         let inner = &self.inner;
-        let grant = match inner.try_acquire()? {
-            Next::Ready(ctx) => return Ok(inner.lease(ctx)),
+        let next = inner.try_acquire()?;
+        if let Next::Ready(ctx) = next {
+            return Ok(inner.lease(ctx));
+        }
+        // Read the clock only once the fast path is ruled out.
+        let deadline = Instant::now() + inner.config.queue_timeout;
+        let grant = match next {
+            Next::Ready(_) => unreachable!("handled above"),
             Next::Start => Grant::Start,
-            Next::Wait(waiting) => {
-                inner
-                    .wait(waiting, Some(inner.config.queue_timeout))
-                    .await?
-            }
+            Next::Wait(waiting) => inner.wait(waiting, deadline).await?,
         };
         match grant {
             Grant::Ready(ctx) => Ok(inner.lease(ctx)),
-            Grant::Start => inner.start_for_waiter().await,
+            Grant::Start => inner.start_for_waiter(deadline).await,
             Grant::Failed(e) => Err(AcquireError::StartFailed(e)),
         }
     }
@@ -249,10 +293,11 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    /// Refuses new requests, stops every idle Context, then waits (at most until `deadline`)
-    /// for busy and starting ones to come back and be stopped. Returns how many Contexts were
-    /// still out at the deadline.
-    pub async fn close(&self, deadline: Instant) -> usize {
+    /// Refuses new requests and stops every idle Context at once. Contexts still lent to a
+    /// request, or still starting, are stopped as they come back, until `drain_deadline`; then
+    /// Stops (and whatever else returns meanwhile) get `stop_grace` more. Returns what was
+    /// still not stopped at the end: nothing, on a clean shutdown.
+    pub async fn close(&self, drain_deadline: Instant, stop_grace: Duration) -> Unstopped {
         let inner = &self.inner;
         {
             let mut st = inner.lock();
@@ -262,21 +307,28 @@ impl<M: Manager> Pool<M> {
             let idle: Vec<_> = st.idle.drain(..).map(|(ctx, _)| ctx).collect();
             drop(st);
             for ctx in idle {
-                inner.stop_later(ctx);
+                inner.retire(ctx);
             }
         }
+        // Runs and Starts have until the drain deadline to come back; their Stops, like the
+        // idle ones', get the grace period on top, however late the drain ended.
+        let stop_deadline = drain_deadline.max(Instant::now()) + stop_grace;
         loop {
             let notified = inner.drained.notified();
             {
                 let st = inner.lock();
                 if st.live == 0 && st.stopping == 0 {
-                    return 0;
+                    return Unstopped::default();
                 }
-                if Instant::now() >= deadline {
-                    return st.live;
+                if Instant::now() >= stop_deadline {
+                    return Unstopped {
+                        in_run: st.live - st.starting,
+                        starting: st.starting,
+                        stopping: st.stopping,
+                    };
                 }
             }
-            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+            let _ = tokio::time::timeout_at(stop_deadline, notified).await;
         }
     }
 
@@ -303,8 +355,13 @@ impl<M: Manager> Inner<M> {
         if let Some((ctx, _)) = st.idle.pop_back() {
             return Ok(Next::Ready(ctx));
         }
-        let backing_off = st.backoff_until.is_some_and(|t| Instant::now() < t);
-        if st.live < self.config.max && !backing_off {
+        if !st.waiters.is_empty() {
+            // Slots may have come free (a backoff ended) before anyone offered them: the
+            // waiters get them first; the newcomer queues behind them.
+            self.grant_slots(&mut st);
+        }
+        let backing_off = st.backing_off();
+        if st.waiters.is_empty() && st.live < self.config.max && !backing_off {
             st.live += 1;
             return Ok(Next::Start);
         }
@@ -339,71 +396,92 @@ impl<M: Manager> Inner<M> {
     async fn wait(
         &self,
         mut waiting: Waiting<M>,
-        timeout: Option<Duration>,
+        deadline: Instant,
     ) -> Result<Grant<M::Context>, AcquireError> {
-        let received = match timeout {
-            Some(t) => match tokio::time::timeout(t, &mut waiting.rx).await {
-                Ok(r) => r,
-                Err(_) => return Err(AcquireError::QueueTimeout),
-            },
-            None => (&mut waiting.rx).await,
-        };
-        received.map_err(|_| AcquireError::Closed)
+        match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
+            Ok(received) => received.map_err(|_| AcquireError::Closed),
+            // Dropping `waiting` takes back anything granted meanwhile.
+            Err(_) => Err(AcquireError::QueueTimeout),
+        }
     }
 
-    /// Starts a Context for the caller, who already holds a slot in `live`. The Start runs in
-    /// its own task so that, if the caller goes away, the new Context still reaches the pool.
-    async fn start_for_waiter(self: &Arc<Self>) -> Result<Lease<M>, AcquireError> {
+    /// Starts a Context for the caller, who already holds a slot in `live`, and waits for it
+    /// until `deadline`. The Start runs on its own thread: if the caller gives up (or goes
+    /// away), the new Context still reaches the pool.
+    async fn start_for_waiter(
+        self: &Arc<Self>,
+        deadline: Instant,
+    ) -> Result<Lease<M>, AcquireError> {
         let (tx, rx) = oneshot::channel();
         self.spawn_start(Some(tx));
         let waiting = Waiting {
             rx,
             pool: self.clone(),
         };
-        match self.wait(waiting, None).await? {
+        match self.wait(waiting, deadline).await? {
             Grant::Ready(ctx) => Ok(self.lease(ctx)),
             Grant::Failed(e) => Err(AcquireError::StartFailed(e)),
-            Grant::Start => unreachable!("a start task grants a Context or a failure"),
+            Grant::Start => unreachable!("a Start grants a Context or a failure"),
         }
     }
 
-    /// Starts one Context (its slot already counted in `live`) on a blocking thread, and gives
-    /// it to `to`, or to the pool if `to` is gone or absent.
+    /// Starts one Context (its slot already counted in `live`) on a blocking thread and, on
+    /// that same thread, gives it to `to`, or to the pool if `to` is gone or absent.
     fn spawn_start(self: &Arc<Self>, to: Option<oneshot::Sender<Grant<M::Context>>>) {
+        self.lock().starting += 1;
         let inner = self.clone();
-        self.runtime.spawn(async move {
-            let starter = inner.clone();
-            let started = tokio::task::spawn_blocking(move || starter.manager.start())
-                .await
-                .unwrap_or_else(|e| Err(format!("start task failed: {e}")));
-            match started {
-                Ok(ctx) => {
-                    inner.lock().backoff = Duration::ZERO;
-                    match to {
-                        Some(tx) => {
-                            if let Err(Grant::Ready(ctx)) = tx.send(Grant::Ready(ctx)) {
-                                inner.release(ctx, true);
-                            }
-                        }
-                        None => inner.release(ctx, true),
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "effe start failed");
-                    inner.start_failed();
-                    if let Some(tx) = to {
-                        let _ = tx.send(Grant::Failed(e));
-                    }
-                }
-            }
+        self.runtime.spawn_blocking(move || {
+            let started = inner.manager.start();
+            inner.finish_start(started, to);
         });
     }
 
-    fn start_failed(&self) {
+    fn finish_start(
+        self: &Arc<Self>,
+        started: Result<M::Context, String>,
+        to: Option<oneshot::Sender<Grant<M::Context>>>,
+    ) {
+        match started {
+            Ok(ctx) => {
+                {
+                    let mut st = self.lock();
+                    st.starting -= 1;
+                    st.backoff = Duration::ZERO;
+                    st.backoff_until = None;
+                }
+                match to {
+                    None => self.release(ctx, true),
+                    Some(tx) => {
+                        if let Err(Grant::Ready(ctx)) = tx.send(Grant::Ready(ctx)) {
+                            self.release(ctx, true);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "effe start failed");
+                self.start_failed();
+                if let Some(tx) = to {
+                    let _ = tx.send(Grant::Failed(e));
+                }
+            }
+        }
+    }
+
+    /// A Start failed: free its slot and back off. Failures that land inside an open backoff
+    /// window (concurrent Starts) do not lengthen it.
+    fn start_failed(self: &Arc<Self>) {
         let mut st = self.lock();
+        st.starting -= 1;
         st.live -= 1;
-        st.backoff = (st.backoff * 2).clamp(BACKOFF_FIRST, BACKOFF_MAX);
-        st.backoff_until = Some(Instant::now() + st.backoff);
+        let window = if st.backing_off() {
+            None
+        } else {
+            st.backoff = (st.backoff * 2).clamp(BACKOFF_FIRST, BACKOFF_MAX);
+            let until = Instant::now() + st.backoff;
+            st.backoff_until = Some(until);
+            Some(until)
+        };
         if st.live == 0 {
             // Nothing can come free for the waiters: fail them now rather than at their timeout.
             for w in st.waiters.drain(..) {
@@ -412,6 +490,14 @@ impl<M: Manager> Inner<M> {
         }
         drop(st);
         self.drained.notify_waiters();
+        if let Some(until) = window {
+            // When the window ends, its free slots go to whoever queued meanwhile.
+            let inner = self.clone();
+            self.runtime.spawn(async move {
+                tokio::time::sleep_until(until).await;
+                inner.offer_slots();
+            });
+        }
     }
 
     /// Takes back a Context after a request: to the first waiter, else to the idle stack. A
@@ -421,11 +507,6 @@ impl<M: Manager> Inner<M> {
         if !healthy || st.closed {
             drop(st);
             return self.retire(ctx);
-        }
-        if st.waiters.is_empty() {
-            let tick = st.tick;
-            st.idle.push_back((ctx, tick));
-            return;
         }
         let mut ctx = ctx;
         while let Some(w) = st.waiters.pop_front() {
@@ -443,36 +524,40 @@ impl<M: Manager> Inner<M> {
     #[cold]
     #[inline(never)]
     fn retire(self: &Arc<Self>, ctx: M::Context) {
-        let closed = {
+        {
             let mut st = self.lock();
             st.live -= 1;
             st.stopping += 1;
-            st.closed
-        };
+        }
         self.spawn_stop(ctx);
-        if !closed {
-            self.offer_slot();
+        self.offer_slots();
+    }
+
+    /// Free slots go to the queued waiters, in order (each starts a Context), then Contexts
+    /// are started up to `min`. Nothing while closed or backing off.
+    fn offer_slots(self: &Arc<Self>) {
+        let mut st = self.lock();
+        self.grant_slots(&mut st);
+        let mut to_start = 0;
+        while st.live < self.config.min && !st.closed && !st.backing_off() {
+            st.live += 1;
+            to_start += 1;
+        }
+        drop(st);
+        for _ in 0..to_start {
+            self.spawn_start(None);
         }
     }
 
-    /// A slot came free: let the first waiter start a Context in it, or keep `min` Contexts.
-    fn offer_slot(self: &Arc<Self>) {
-        let mut st = self.lock();
-        let backing_off = st.backoff_until.is_some_and(|t| Instant::now() < t);
-        if st.closed || backing_off || st.live >= self.config.max {
-            return;
-        }
-        st.live += 1;
-        while let Some(w) = st.waiters.pop_front() {
-            if w.send(Grant::Start).is_ok() {
+    /// Gives each free slot to the next waiter still waiting.
+    fn grant_slots(&self, st: &mut State<M::Context>) {
+        while st.live < self.config.max && !st.closed && !st.backing_off() {
+            let Some(w) = st.waiters.pop_front() else {
                 return;
+            };
+            if w.send(Grant::Start).is_ok() {
+                st.live += 1;
             }
-        }
-        if st.live <= self.config.min {
-            drop(st);
-            self.spawn_start(None);
-        } else {
-            st.live -= 1;
         }
     }
 
@@ -482,20 +567,11 @@ impl<M: Manager> Inner<M> {
             Grant::Ready(ctx) => self.release(ctx, true),
             Grant::Start => {
                 self.lock().live -= 1;
-                self.offer_slot();
+                self.offer_slots();
                 self.drained.notify_waiters();
             }
             Grant::Failed(_) => {}
         }
-    }
-
-    fn stop_later(self: &Arc<Self>, ctx: M::Context) {
-        {
-            let mut st = self.lock();
-            st.live -= 1;
-            st.stopping += 1;
-        }
-        self.spawn_stop(ctx);
     }
 
     /// Stops `ctx` on a blocking thread; `stopping` was already counted.
@@ -535,7 +611,7 @@ impl<M: Manager> Inner<M> {
             self.spawn_stop(ctx);
         }
         if below_min {
-            self.offer_slot();
+            self.offer_slots();
         }
         true
     }
@@ -544,42 +620,121 @@ impl<M: Manager> Inner<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Condvar;
+    use std::task::{Context as TaskContext, Poll, Waker};
+
+    /// Bounds every wait in these tests: a bug fails the test instead of hanging it.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// A gate that Starts or Stops wait at while it is closed, counting who arrived.
+    #[derive(Default)]
+    struct Gate {
+        state: Mutex<(bool, usize)>,
+        cv: Condvar,
+    }
+
+    impl Gate {
+        fn close(&self) {
+            self.state.lock().unwrap().0 = true;
+        }
+
+        fn open(&self) {
+            self.state.lock().unwrap().0 = false;
+            self.cv.notify_all();
+        }
+
+        fn pass(&self) {
+            let mut st = self.state.lock().unwrap();
+            st.1 += 1;
+            self.cv.notify_all();
+            while st.0 {
+                st = self.cv.wait(st).unwrap();
+            }
+        }
+
+        /// Blocks until `n` callers have arrived at the gate.
+        fn wait_arrived(&self, n: usize) {
+            let st = self.state.lock().unwrap();
+            let (_guard, timeout) = self
+                .cv
+                .wait_timeout_while(st, PATIENCE, |st| st.1 < n)
+                .unwrap();
+            assert!(!timeout.timed_out(), "never {n} at the gate");
+        }
+    }
 
     #[derive(Default)]
     struct Counting {
         started: AtomicUsize,
         stopped: AtomicUsize,
         fail: AtomicBool,
+        start_gate: Gate,
+        stop_gate: Gate,
+    }
+
+    /// Opens both gates when a test ends, passing or failing, so that no Start or Stop thread
+    /// is left blocked (the runtime would wait for it forever).
+    struct OpenAtEnd(Arc<Counting>);
+
+    impl Drop for OpenAtEnd {
+        fn drop(&mut self) {
+            self.0.start_gate.open();
+            self.0.stop_gate.open();
+        }
     }
 
     impl Manager for Arc<Counting> {
         type Context = usize;
         fn start(&self) -> Result<usize, String> {
+            self.start_gate.pass();
             if self.fail.load(Ordering::SeqCst) {
                 return Err("nope".into());
             }
             Ok(self.started.fetch_add(1, Ordering::SeqCst))
         }
         fn stop(&self, _: usize) {
+            self.stop_gate.pass();
             self.stopped.fetch_add(1, Ordering::SeqCst);
         }
     }
 
-    fn pool(min: usize, max: usize, queue_ms: u64) -> (Pool<Arc<Counting>>, Arc<Counting>) {
-        let m = Arc::new(Counting::default());
-        let config = PoolConfig {
+    fn config(min: usize, max: usize, queue_ms: u64) -> PoolConfig {
+        PoolConfig {
             min,
             max,
             queue_timeout: Duration::from_millis(queue_ms),
             max_queue: 8,
             idle_timeout: Duration::from_millis(50),
-        };
-        (Pool::new(m.clone(), config, Handle::current()), m)
+        }
+    }
+
+    fn pool(min: usize, max: usize, queue_ms: u64) -> (Pool<Arc<Counting>>, Arc<Counting>) {
+        let m = Arc::new(Counting::default());
+        let pool = Pool::new(m.clone(), config(min, max, queue_ms), Handle::current());
+        (pool, m)
     }
 
     fn far() -> Instant {
-        Instant::now() + Duration::from_secs(5)
+        Instant::now() + PATIENCE
+    }
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::pin::Pin::new(f).poll(&mut TaskContext::from_waker(Waker::noop()))
+    }
+
+    async fn bounded<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(PATIENCE, f)
+            .await
+            .expect("bounded wait")
+    }
+
+    fn backoff(pool: &Pool<Arc<Counting>>) -> (Duration, Option<Instant>) {
+        let st = pool.inner.lock();
+        (st.backoff, st.backoff_until)
     }
 
     #[tokio::test]
@@ -599,7 +754,7 @@ mod tests {
         drop(b);
         assert!(second.await.unwrap().is_ok());
         assert_eq!(m.started.load(Ordering::SeqCst), 2, "never more than max");
-        assert_eq!(pool.close(far()).await, 0);
+        assert_eq!(pool.close(far(), GRACE).await, Unstopped::default());
         assert_eq!(m.stopped.load(Ordering::SeqCst), 2);
     }
 
@@ -610,33 +765,25 @@ mod tests {
         assert_eq!(pool.acquire().await.err(), Some(AcquireError::QueueTimeout));
         drop(held);
         assert_eq!(pool.counts(), (1, 1));
-        pool.close(far()).await;
+        pool.close(far(), GRACE).await;
         assert_eq!(m.stopped.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn retired_context_is_stopped_and_replaced_up_to_min() {
-        let (pool, m) = pool(1, 2, 1_000);
+        let (pool, m) = pool(1, 1, 5_000);
         pool.fill().unwrap();
         let mut lease = pool.acquire().await.unwrap();
         lease.retire();
         drop(lease);
-        // The replacement starts in a task: poll until it is idle.
-        for _ in 0..1000 {
-            if pool.counts() == (1, 1) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(pool.counts(), (1, 1));
-        let mut l = pool.acquire().await.unwrap();
+        // The slot is refilled at once (min 1); with max 1 this request waits for that
+        // replacement, which is Context 1.
+        let mut l = bounded(pool.acquire()).await.unwrap();
         assert_eq!(*l.context(), 1);
         drop(l);
-        pool.close(far()).await;
-        assert_eq!(
-            m.started.load(Ordering::SeqCst),
-            m.stopped.load(Ordering::SeqCst)
-        );
+        assert_eq!(pool.close(far(), GRACE).await, Unstopped::default());
+        assert_eq!(m.started.load(Ordering::SeqCst), 2);
+        assert_eq!(m.stopped.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -659,11 +806,11 @@ mod tests {
         // One more tick, and all but the minimum are stopped.
         pool.inner.maintain_once();
         assert_eq!(pool.counts(), (1, 1));
-        pool.close(far()).await;
+        pool.close(far(), GRACE).await;
         assert_eq!(m.stopped.load(Ordering::SeqCst), 3);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn failed_start_is_reported_and_backs_off() {
         let (pool, m) = pool(0, 2, 1_000);
         m.fail.store(true, Ordering::SeqCst);
@@ -672,17 +819,37 @@ mod tests {
             Err(AcquireError::StartFailed(_))
         ));
         m.fail.store(false, Ordering::SeqCst);
-        // Inside the backoff window nothing is started.
+        // Inside the backoff window (the clock is paused) nothing is started.
         assert!(matches!(
             pool.acquire().await,
             Err(AcquireError::StartFailed(_))
         ));
         assert_eq!(m.started.load(Ordering::SeqCst), 0);
         assert_eq!(pool.counts(), (0, 0));
+        // Past it, a Start is tried again, succeeds, and clears the backoff.
+        tokio::time::sleep(BACKOFF_FIRST).await;
+        let lease = pool.acquire().await.unwrap();
+        assert_eq!(m.started.load(Ordering::SeqCst), 1);
+        assert_eq!(backoff(&pool), (Duration::ZERO, None));
+        drop(lease);
     }
 
     #[tokio::test]
-    async fn cancelled_waiter_gives_its_grant_back() {
+    async fn a_waiter_dropped_after_its_grant_gives_the_context_back() {
+        let (pool, _m) = pool(0, 1, 5_000);
+        let held = pool.acquire().await.unwrap();
+        let mut waiter = Box::pin(pool.acquire());
+        assert!(poll_once(&mut waiter).is_pending(), "queued");
+        // The Context is granted to the waiter, which goes away before it looks.
+        drop(held);
+        drop(waiter);
+        assert_eq!(pool.counts(), (1, 1), "the grant came back to the pool");
+        let mut lease = pool.acquire().await.unwrap();
+        assert_eq!(*lease.context(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_cancelled_before_any_grant_leaves_nothing_behind() {
         let (pool, _m) = pool(0, 1, 5_000);
         let held = pool.acquire().await.unwrap();
         let p = pool.clone();
@@ -692,5 +859,155 @@ mod tests {
         let _ = waiter.await;
         drop(held);
         assert_eq!(pool.counts(), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_queued_during_a_backoff_get_the_slots_when_it_ends_before_newcomers() {
+        let (pool, m) = pool(0, 2, 60_000);
+        let held = pool.acquire().await.unwrap();
+        m.fail.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            pool.acquire().await,
+            Err(AcquireError::StartFailed(_))
+        ));
+        m.fail.store(false, Ordering::SeqCst);
+        // Backing off, one Context alive: this request queues.
+        let p = pool.clone();
+        let waiter = tokio::spawn(async move { p.acquire().await });
+        tokio::task::yield_now().await;
+        // The window ends; a newcomer arrives.
+        tokio::time::sleep(BACKOFF_FIRST).await;
+        let p = pool.clone();
+        let newcomer = tokio::spawn(async move { p.acquire().await.map(|mut l| *l.context()) });
+        // The waiter gets the free slot (a new Context), well before its queue timeout...
+        let mut got = bounded(waiter).await.unwrap().unwrap();
+        assert_eq!(*got.context(), 1);
+        // ...and the newcomer, behind it, gets the next Context released.
+        assert_eq!(
+            m.started.load(Ordering::SeqCst),
+            2,
+            "the newcomer started none"
+        );
+        drop(held);
+        assert_eq!(bounded(newcomer).await.unwrap(), Ok(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_queued_during_a_backoff_gets_a_slot_when_it_ends() {
+        let (pool, m) = pool(0, 2, 60_000);
+        let _held = pool.acquire().await.unwrap();
+        m.fail.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            pool.acquire().await,
+            Err(AcquireError::StartFailed(_))
+        ));
+        m.fail.store(false, Ordering::SeqCst);
+        // No newcomer comes to notice that the window ended: the pool itself offers the slot,
+        // long before the queue timeout.
+        let before = Instant::now();
+        let mut got = bounded(pool.acquire()).await.unwrap();
+        assert_eq!(*got.context(), 1);
+        assert!(before.elapsed() <= BACKOFF_FIRST, "{:?}", before.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_hung_start_is_bounded_by_the_queue_timeout() {
+        let (pool, m) = pool(0, 1, 50);
+        let _open = OpenAtEnd(m.clone());
+        m.start_gate.close();
+        let waited = bounded(pool.acquire()).await;
+        assert_eq!(waited.err(), Some(AcquireError::QueueTimeout));
+        // The Context that arrives late goes to the pool (and is stopped at close).
+        m.start_gate.open();
+        assert_eq!(pool.close(far(), GRACE).await, Unstopped::default());
+        assert_eq!(m.started.load(Ordering::SeqCst), 1);
+        assert_eq!(m.stopped.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_failed_starts_open_one_backoff_window() {
+        let (pool, m) = pool(0, 4, 5_000);
+        let _open = OpenAtEnd(m.clone());
+        m.start_gate.close();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let p = pool.clone();
+                tokio::spawn(async move { p.acquire().await.map(drop) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        m.start_gate.wait_arrived(4);
+        m.fail.store(true, Ordering::SeqCst);
+        m.start_gate.open();
+        for t in tasks {
+            assert!(matches!(
+                bounded(t).await.unwrap(),
+                Err(AcquireError::StartFailed(_))
+            ));
+        }
+        assert_eq!(
+            backoff(&pool).0,
+            BACKOFF_FIRST,
+            "doubled once, not per failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_hands_its_context_over_without_the_pools_runtime() {
+        // A runtime that nothing drives: as busy as the main network thread can ever be.
+        let stalled = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = Arc::new(Counting::default());
+        let pool = Pool::new(m.clone(), config(0, 1, 60_000), stalled.handle().clone());
+        let lease = bounded(pool.acquire()).await.unwrap();
+        drop(lease);
+        assert_eq!(pool.counts(), (1, 1));
+        stalled.shutdown_background();
+    }
+
+    #[tokio::test]
+    async fn close_gives_stops_a_grace_period_after_the_drain_deadline() {
+        let (pool, m) = pool(1, 1, 1_000);
+        let _open = OpenAtEnd(m.clone());
+        pool.fill().unwrap();
+        m.stop_gate.close();
+        // The drain deadline has passed already; the Stop still gets its grace period.
+        let p = pool.clone();
+        let closing = tokio::spawn(async move { p.close(Instant::now(), GRACE).await });
+        tokio::task::yield_now().await;
+        m.stop_gate.wait_arrived(1);
+        assert!(!closing.is_finished(), "close returned before the Stop did");
+        m.stop_gate.open();
+        assert_eq!(bounded(closing).await.unwrap(), Unstopped::default());
+        assert_eq!(m.stopped.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn close_reports_what_it_could_not_stop_by_kind() {
+        let (pool, m) = pool(0, 3, 50);
+        let _open = OpenAtEnd(m.clone());
+        let in_run = pool.acquire().await.unwrap();
+        let stopping = pool.acquire().await.unwrap();
+        m.start_gate.close();
+        let hung = pool.acquire().await.err();
+        assert_eq!(hung, Some(AcquireError::QueueTimeout), "its Start hangs");
+        m.stop_gate.close();
+        let p = pool.clone();
+        let closing =
+            tokio::spawn(async move { p.close(Instant::now(), Duration::from_millis(50)).await });
+        drop(stopping);
+        assert_eq!(
+            bounded(closing).await.unwrap(),
+            Unstopped {
+                in_run: 1,
+                starting: 1,
+                stopping: 1
+            }
+        );
+        m.start_gate.open();
+        m.stop_gate.open();
+        drop(in_run);
     }
 }

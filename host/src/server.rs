@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
 use crate::cli::{CallMode, Config};
@@ -58,53 +58,112 @@ fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<std::net::TcpListener>, 
     Ok(listeners)
 }
 
+/// The signals the host handles, registered before the effe is loaded: from then on SIGHUP
+/// never kills the process (a reload asked for during boot happens once serving starts), and
+/// SIGTERM/SIGINT during boot shut down cleanly as soon as the host is up.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Must run inside `runtime`'s context.
+    pub fn install() -> Result<Signals, Fatal> {
+        let on =
+            |kind| signal(kind).map_err(|e| Fatal::Runtime(format!("cannot handle signals: {e}")));
+        Ok(Signals {
+            term: on(SignalKind::terminate())?,
+            int: on(SignalKind::interrupt())?,
+            hup: on(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The main runtime: network thread 0, the pool's tasks and the signal handlers.
+pub fn main_runtime(config: &Config) -> Result<tokio::runtime::Runtime, Fatal> {
+    runtime(config)
+}
+
 /// Starts the minimum Contexts, listens on every network thread, serves until SIGTERM/SIGINT,
 /// drains, stops every Context.
-pub fn run(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), Fatal> {
-    let runtime = runtime(&config)?;
-    let result = runtime.block_on(serve(config, plugin, tls));
-    // A Run stuck past the shutdown deadline must not keep the process alive.
+pub fn run(
+    runtime: tokio::runtime::Runtime,
+    config: Config,
+    plugin: Plugin,
+    tls: Option<Tls>,
+    signals: Signals,
+) -> Result<(), Fatal> {
+    let result = runtime.block_on(serve(config, plugin, tls, signals));
+    // Whatever is still running now (a Run, Start or Stop past its deadline, reported above)
+    // must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
 }
 
-async fn serve(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), Fatal> {
+async fn serve(
+    config: Config,
+    plugin: Plugin,
+    tls: Option<Tls>,
+    signals: Signals,
+) -> Result<(), Fatal> {
     let info = plugin.info();
-    // Installed first, so that a signal during boot is a clean shutdown, not a kill.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Fatal::Runtime(e.to_string()))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Fatal::Runtime(e.to_string()))?;
-    let sighup = signal(SignalKind::hangup()).map_err(|e| Fatal::Runtime(e.to_string()))?;
+    let Signals { term, int, hup } = signals;
     let tls = tls.map(Arc::new);
-    tokio::spawn(reload_on_sighup(sighup, tls.clone()));
+    tokio::spawn(reload_on_sighup(hup, tls.clone()));
 
-    let call_mode = config.call_mode.unwrap_or(if info.nonblocking {
-        CallMode::Inline
-    } else {
-        CallMode::Thread
-    });
-    // The pool's own tasks (Starts, Stops, maintenance) live on this, the main, runtime.
+    // The pool's own tasks (backoff timers, maintenance) live on this, the main, runtime.
     let pool = Pool::new(
         Effes::new(plugin),
         config.pool.clone(),
         tokio::runtime::Handle::current(),
     );
+    let run_log = Arc::new(RunLog::connect(config.syslog.clone(), info.name));
     let filler = pool.clone();
-    let filled = tokio::task::spawn_blocking(move || filler.fill())
+    let served = match tokio::task::spawn_blocking(move || filler.fill())
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    if let Err(e) = filled {
-        // The Contexts that did start are stopped before the host exits.
-        pool.close(Instant::now() + config.shutdown_timeout).await;
-        return Err(Fatal::BootStart(info.name.to_owned(), e));
-    }
-
-    let listeners = match bind(config.listen, config.threads) {
-        Ok(l) => l,
-        Err(e) => {
-            pool.close(Instant::now() + config.shutdown_timeout).await;
-            return Err(e);
-        }
+        .unwrap_or_else(|e| Err(e.to_string()))
+    {
+        Err(e) => Err(Fatal::BootStart(info.name.to_owned(), e)),
+        Ok(()) => listen_and_serve(&config, plugin, &pool, &run_log, tls, (term, int)).await,
     };
+    // However serving ended, every Context that started is stopped before the host exits.
+    let drain_deadline = *served.as_ref().unwrap_or(&Instant::now());
+    let unstopped = pool.close(drain_deadline.into(), config.stop_timeout).await;
+    // What effes reported and syslog has not taken yet is delivered (or put on stderr) first.
+    run_log.close(Duration::from_secs(2));
+    match served {
+        Err(fatal) => {
+            if unstopped.total() > 0 {
+                tracing::error!("{}", Fatal::Unstopped(unstopped));
+            }
+            Err(fatal)
+        }
+        Ok(_) if unstopped.total() > 0 => Err(Fatal::Unstopped(unstopped)),
+        Ok(_) => {
+            tracing::info!("all Contexts stopped; bye");
+            Ok(())
+        }
+    }
+}
+
+/// Binds, serves until SIGTERM/SIGINT, then drains the connections of every network thread.
+/// Returns the drain deadline.
+async fn listen_and_serve(
+    config: &Config,
+    plugin: Plugin,
+    pool: &Pool<Effes>,
+    run_log: &Arc<RunLog>,
+    tls: Option<Arc<Tls>>,
+    (mut sigterm, mut sigint): (Signal, Signal),
+) -> Result<Instant, Fatal> {
+    let info = plugin.info();
+    let call_mode = config.call_mode.unwrap_or(if info.nonblocking {
+        CallMode::Inline
+    } else {
+        CallMode::Thread
+    });
+    let listeners = bind(config.listen, config.threads)?;
     let addr = listeners[0]
         .local_addr()
         .map_err(|e| Fatal::Listen(config.listen, e))?;
@@ -113,7 +172,7 @@ async fn serve(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), F
         pool: pool.clone(),
         call_mode,
         max_body_size: config.max_body_size,
-        run_log: RunLog::connect(config.syslog.clone(), info.name),
+        run_log: run_log.clone(),
         ids: RequestIds::new(),
     });
     tokio::spawn(pool.clone().maintain());
@@ -126,15 +185,24 @@ async fn serve(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), F
     for (i, listener) in listeners.enumerate() {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let (app, tls, stop) = (app.clone(), tls.clone(), stop_rx.clone());
-        let thread_runtime = runtime(&config)?;
-        std::thread::Builder::new()
-            .name(format!("effe-net-{}", i + 1))
-            .spawn(move || {
-                thread_runtime.block_on(network_thread(listener, app, tls, stop));
-                thread_runtime.shutdown_timeout(Duration::from_millis(100));
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| Fatal::Runtime(format!("cannot start a network thread: {e}")))?;
+        let started = runtime(config).and_then(|thread_runtime| {
+            std::thread::Builder::new()
+                .name(format!("effe-net-{}", i + 1))
+                .spawn(move || {
+                    thread_runtime.block_on(network_thread(listener, app, tls, stop));
+                    thread_runtime.shutdown_timeout(Duration::from_millis(100));
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| Fatal::Runtime(format!("cannot start a network thread: {e}")))
+        });
+        if let Err(fatal) = started {
+            // The threads already running stop at once.
+            let _ = stop_tx.send(Some(Instant::now()));
+            for done in others {
+                let _ = done.await;
+            }
+            return Err(fatal);
+        }
         others.push(done_rx);
     }
     let main_thread = tokio::spawn(network_thread(main_listener, app, tls.clone(), stop_rx));
@@ -164,14 +232,7 @@ async fn serve(config: Config, plugin: Plugin, tls: Option<Tls>) -> Result<(), F
     for done in others {
         let _ = done.await;
     }
-    let left = pool.close(deadline).await;
-    if left > 0 {
-        return Err(Fatal::Runtime(format!(
-            "{left} Context(s) still in Run at the shutdown deadline; exiting without stopping them"
-        )));
-    }
-    tracing::info!("all Contexts stopped; bye");
-    Ok(())
+    Ok(deadline)
 }
 
 /// One network thread: accepts on its own listener until the shutdown deadline is set, then
@@ -206,7 +267,7 @@ async fn network_thread(
 }
 
 /// On SIGHUP, re-reads the TLS certificate and key; a bad pair is refused and the old one kept.
-async fn reload_on_sighup(mut sighup: tokio::signal::unix::Signal, tls: Option<Arc<Tls>>) {
+async fn reload_on_sighup(mut sighup: Signal, tls: Option<Arc<Tls>>) {
     while sighup.recv().await.is_some() {
         match &tls {
             None => tracing::info!("SIGHUP: no TLS certificate to reload"),
@@ -227,6 +288,8 @@ struct Builders {
     auto: auto::Builder<TokioExecutor>,
     /// TLS: the protocol is the one ALPN chose (hyper-util's auto builder would ignore it).
     http1: hyper::server::conn::http1::Builder,
+    /// TLS HTTP/1.1 connections that begin during the drain: one request, then close.
+    http1_last: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
@@ -241,9 +304,16 @@ impl Builders {
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
+        let mut http1_last = http1.clone();
+        http1_last.keep_alive(false);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new());
-        Builders { auto, http1, http2 }
+        Builders {
+            auto,
+            http1,
+            http1_last,
+            http2,
+        }
     }
 }
 
@@ -279,7 +349,7 @@ async fn accept_loop(
             app: app.clone(),
             peer,
         };
-        let drain = drain.clone();
+        let admitted = drain.admit();
         let builders = builders.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -288,7 +358,7 @@ async fn accept_loop(
                     let conn = builders
                         .auto
                         .serve_connection(TokioIo::new(stream), service);
-                    drain.watch(conn.into_owned()).await
+                    admitted.watch(conn.into_owned()).await
                 }
                 Some(tls) => {
                     // The handshake runs here, in the connection's own task, bounded: a client
@@ -308,12 +378,15 @@ async fn accept_loop(
                         };
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let io = TokioIo::new(stream);
-                    if h2 {
+                    if admitted.stopping() {
+                        // Accepted before the signal, handshake done during the drain.
+                        serve_late(builders, io, service, h2, tls.handshake_timeout()).await
+                    } else if h2 {
                         let conn = builders.http2.serve_connection(io, service);
-                        drain.watch(conn).await.map_err(Into::into)
+                        admitted.watch(conn).await.map_err(Into::into)
                     } else {
                         let conn = builders.http1.serve_connection(io, service);
-                        drain.watch(conn).await.map_err(Into::into)
+                        admitted.watch(conn).await.map_err(Into::into)
                     }
                 }
             };
@@ -323,4 +396,59 @@ async fn accept_loop(
         });
     }
     drain
+}
+
+/// Serves a TLS connection that was accepted before the shutdown signal but finished its
+/// handshake during the drain: its client has not been able to send a request yet, so closing
+/// it at once (as the drain does with idle connections) would drop that request. HTTP/1.1
+/// gets one request, then the connection closes; HTTP/2 gets its graceful GOAWAY once its
+/// first request arrives (or after `patience`), so the streams opened before it are served.
+async fn serve_late<I>(
+    builders: Builders,
+    io: I,
+    service: ConnService,
+    h2: bool,
+    patience: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if !h2 {
+        return Ok(builders.http1_last.serve_connection(io, service).await?);
+    }
+    let first = Arc::new(tokio::sync::Notify::new());
+    let service = FirstCall {
+        inner: service,
+        first: first.clone(),
+    };
+    let conn = builders.http2.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => return Ok(served?),
+        _ = tokio::time::timeout(patience, first.notified()) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    Ok(conn.await?)
+}
+
+/// A service that tells when it is first called (for [`serve_late`] only: it costs a wake-up
+/// per request).
+#[derive(Clone)]
+struct FirstCall {
+    inner: ConnService,
+    first: Arc<tokio::sync::Notify>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FirstCall {
+    type Response =
+        <ConnService as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Response;
+    type Error =
+        <ConnService as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Error;
+    type Future =
+        <ConnService as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Future;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.first.notify_one();
+        self.inner.call(req)
+    }
 }

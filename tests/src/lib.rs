@@ -44,9 +44,18 @@ fn artifact(name: &str) -> PathBuf {
     path
 }
 
-/// The effe-host binary.
+/// The effe-host binary; `EFFE_TEST_HOST_BIN` runs the suite against another build (an
+/// older one, to see a regression test fail).
 pub fn host_bin() -> PathBuf {
-    artifact("effe-host")
+    match std::env::var_os("EFFE_TEST_HOST_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => artifact("effe-host"),
+    }
+}
+
+/// The stand-in for a host built against effe-abi 0.1.0 (tests/compat, built by `make test`).
+pub fn compat_host_bin() -> PathBuf {
+    artifact("compat-host-0-1-0")
 }
 
 /// A private copy of effe `name` (`hello`, `echo`, `fixture-lifecycle`, …) in `dir`, mode 0755,
@@ -132,7 +141,14 @@ impl HostCmd {
     }
 
     /// Starts the host and waits until it is listening.
-    pub fn spawn(mut self) -> Host {
+    pub fn spawn(self) -> Host {
+        let mut host = self.start();
+        host.wait_listening();
+        host
+    }
+
+    /// Starts the host without waiting for it to listen (see [`Host::wait_listening`]).
+    pub fn start(mut self) -> Host {
         let mut child = self.cmd.spawn().expect("spawn effe-host");
         let stderr = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let pipe = child.stderr.take().expect("stderr piped");
@@ -154,21 +170,12 @@ impl HostCmd {
                 cv.notify_all();
             }
         });
-        let mut host = Host {
+        Host {
             child,
             stderr,
             addr: "0.0.0.0:0".parse().unwrap(),
             dir: self.dir,
-        };
-        let line = host.wait_stderr(|s| s.contains("listening") || s.ends_with("<eof>"));
-        let addr = line
-            .split("listening addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("effe-host did not start:\n{line}"));
-        host.addr = addr;
-        host
+        }
     }
 }
 
@@ -199,6 +206,17 @@ pub struct Host {
 }
 
 impl Host {
+    /// Waits for the `listening` line and takes the address from it.
+    pub fn wait_listening(&mut self) {
+        let line = self.wait_stderr(|s| s.contains("listening") || s.ends_with("<eof>"));
+        self.addr = line
+            .split("listening addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("effe-host did not start:\n{line}"));
+    }
+
     /// Everything the host wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.0.lock().unwrap().clone()
@@ -297,10 +315,16 @@ pub fn get(path: &str) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// Sends `req` on a new connection to `addr`.
+/// Sends `req` on a new connection to `addr`; a host that does not answer within [`PATIENCE`]
+/// fails the test instead of hanging it.
 pub async fn send(addr: SocketAddr, proto: Proto, req: http::Request<Full<Bytes>>) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    send_on(stream, addr, proto, req).await
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        send_on(stream, addr, proto, req).await
+    };
+    tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("no response from {addr} within {PATIENCE:?}"))
 }
 
 /// Sends `req` over an established connection (TCP or TLS), speaking `proto`.
@@ -399,5 +423,57 @@ pub fn wait_events(path: &Path, pred: impl Fn(&[String]) -> bool) -> Vec<String>
         }
         assert!(Instant::now() < deadline, "lifecycle never matched: {ev:?}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Where the `fixture-lifecycle` effe checks in when told to hold a call (`/hold?PORT`,
+/// `FIXTURE_INIT_HOLD`, `FIXTURE_START_HOLD`): each call in progress is one connection here.
+pub struct Holds {
+    listener: tokio::net::TcpListener,
+}
+
+/// One held call: it returns when this is released (or dropped).
+pub struct Held {
+    /// What the call said it is: `init`, `start N`, `ctx N`.
+    pub who: String,
+    stream: tokio::net::TcpStream,
+}
+
+impl Holds {
+    pub async fn new() -> Holds {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind holds");
+        Holds { listener }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+
+    /// Waits (at most [`PATIENCE`]) for the next call to check in.
+    pub async fn next(&self) -> Held {
+        use tokio::io::AsyncBufReadExt;
+        let check_in = async {
+            let (stream, _) = self.listener.accept().await.expect("accept hold");
+            let mut reader = tokio::io::BufReader::new(stream);
+            let mut who = String::new();
+            reader.read_line(&mut who).await.expect("hold says who");
+            Held {
+                who: who.trim_end().to_owned(),
+                stream: reader.into_inner(),
+            }
+        };
+        tokio::time::timeout(PATIENCE, check_in)
+            .await
+            .expect("no held call checked in")
+    }
+}
+
+impl Held {
+    /// Lets the held call return.
+    pub async fn release(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stream.write_all(b"x").await;
     }
 }

@@ -4,12 +4,20 @@
 //! - `EFFE_LIFECYCLE_LOG=FILE`: appends `init`, `start N`, `stop N` lines (one `write` each).
 //! - `FIXTURE_INIT=error|panic`, `FIXTURE_START=error|panic`: make that entry point fail;
 //!   `FIXTURE_START=error-after-N`: the first N Starts succeed, later ones fail.
+//! - `FIXTURE_INIT_HOLD=PORT`, `FIXTURE_START_HOLD=PORT`: that entry point connects to the test
+//!   on 127.0.0.1:PORT, says what it is (`init`, `start N`) and blocks until the test writes a
+//!   byte or closes: the test knows exactly when the call is in progress and ends it at will.
+//! - `FIXTURE_STOP_MS=MS`: every Stop takes MS milliseconds (a slow database close).
 //! - `run` by path: `/panic` panics, `/error` returns an error, `/error-after-write` writes a
-//!   418 then returns an error, `/sleep?MS` records `sleep N MS` and sleeps MS milliseconds; every other path answers
-//!   `ctx N` with the serving Context's number.
+//!   418 then returns an error, `/sleep?MS` records `sleep N MS` and sleeps MS milliseconds,
+//!   `/hold?PORT` holds like the variables above (saying `ctx N`), `/thread` answers the name
+//!   of the thread Run is called on, `/set-header` appends `x-a: 1` then tries to replace it
+//!   with `2` (`replaced`, or `kept: why`); every other path answers `ctx N` with the serving
+//!   Context's number.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -33,6 +41,14 @@ fn record(log: &Option<String>, event: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Tells the test on `port` that `who` is in progress, then blocks until it lets go.
+fn hold(port: &str, who: &str) -> Result<(), Error> {
+    let mut test = TcpStream::connect(("127.0.0.1", port.parse::<u16>()?))?;
+    test.write_all(format!("{who}\n").as_bytes())?;
+    let _ = test.read(&mut [0u8; 1])?;
+    Ok(())
+}
+
 fn fail(how: Option<&str>, what: &str) -> Result<(), Error> {
     match how {
         Some("error") => Err(Error::msg(format!("fixture {what} error"))),
@@ -47,6 +63,9 @@ impl Effe for Fixture {
     fn init() -> Result<Self, Error> {
         let log = std::env::var("EFFE_LIFECYCLE_LOG").ok();
         record(&log, "init")?;
+        if let Ok(port) = std::env::var("FIXTURE_INIT_HOLD") {
+            hold(&port, "init")?;
+        }
         fail(std::env::var("FIXTURE_INIT").ok().as_deref(), "init")?;
         Ok(Fixture {
             log,
@@ -57,6 +76,9 @@ impl Effe for Fixture {
 
     fn start(&self) -> Result<Ctx, Error> {
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Ok(port) = std::env::var("FIXTURE_START_HOLD") {
+            hold(&port, &format!("start {n}"))?;
+        }
         match self
             .fail_start
             .as_deref()
@@ -88,6 +110,22 @@ impl Effe for Fixture {
                 record(&self.log, &format!("sleep {} {ms}", ctx.n))?;
                 std::thread::sleep(Duration::from_millis(ms));
             }
+            "/hold" => hold(req.query().unwrap_or(""), &format!("ctx {}", ctx.n))?,
+            "/set-header" => {
+                // `set_header` is newer than the baseline: an older host refuses it.
+                resp.header("x-a", "1")?;
+                match resp.set_header("x-a", "2") {
+                    Ok(_) => resp.body("replaced"),
+                    Err(e) => resp.body(format!("kept: {e}")),
+                };
+                return Ok(());
+            }
+            "/thread" => {
+                // The OS's name: this library's own copy of std does not know the host's names.
+                let name = std::fs::read_to_string("/proc/thread-self/comm")?;
+                resp.body(name.trim_end());
+                return Ok(());
+            }
             _ => {}
         }
         resp.body(format!("ctx {}\n", ctx.n));
@@ -95,6 +133,9 @@ impl Effe for Fixture {
     }
 
     fn stop(&self, ctx: Ctx) -> Result<(), Error> {
+        if let Ok(ms) = std::env::var("FIXTURE_STOP_MS") {
+            std::thread::sleep(Duration::from_millis(ms.parse()?));
+        }
         record(&self.log, &format!("stop {}", ctx.n))
     }
 }

@@ -97,6 +97,65 @@ fn writable_by_group_or_others_unless_allowed() {
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
 }
 
+/// The tests run as root: root may chown, and the host's own uid is 0.
+const NOBODY: u32 = 65534;
+
+#[test]
+fn owned_by_another_user_unless_allowed() {
+    let refuse = || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = plugin_in(dir.path(), "hello");
+        std::os::unix::fs::chown(&path, Some(NOBODY), None).expect("chown (tests run as root)");
+        HostCmd::with_path(&path, dir)
+    };
+    refused(
+        refuse(),
+        7,
+        &[
+            "libhello.so",
+            "owned by uid 65534, not by root or the host's user (uid 0)",
+            "--allow-insecure-plugin",
+        ],
+    );
+    let out = refuse().args(["--allow-insecure-plugin", "--info"]).run();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn directory_others_can_write_or_own_unless_sticky() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = plugin_in(dir.path(), "hello");
+    let shown = dir.path().canonicalize().unwrap().display().to_string();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    refused(
+        HostCmd::with_path(&path, dir),
+        7,
+        &[
+            &format!("its directory {shown} is writable by group or others (mode 777"),
+            "--allow-insecure-plugin",
+        ],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = plugin_in(dir.path(), "hello");
+    let shown = dir.path().canonicalize().unwrap().display().to_string();
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), None).expect("chown (tests run as root)");
+    refused(
+        HostCmd::with_path(&path, dir),
+        7,
+        &[&format!(
+            "its directory {shown} is owned by uid 65534, not by root or the host's user (uid 0)"
+        )],
+    );
+
+    // Like /tmp: with the sticky bit, only an entry's owner may rename or delete it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = plugin_in(dir.path(), "hello");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = HostCmd::with_path(&path, dir).args(["--info"]).run();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}
+
 #[test]
 fn info_prints_metadata_as_json() {
     let out = HostCmd::new("hello").args(["--info"]).run();
@@ -109,8 +168,9 @@ fn info_prints_metadata_as_json() {
         info["description"],
         "Answers 200 'Hello from effe': the smallest effe, and the benchmark one"
     );
-    assert_eq!(info["abi_version"], "0.1.0");
+    assert_eq!(info["abi_version"], "0.1.1");
     assert_eq!(info["nonblocking"], true);
+    assert_eq!(info["interfaces"], serde_json::json!(["effe-abi/run@2"]));
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! Errors returned by Run reach syslog (a socket the test owns) with the request id, or stderr
-//! when no syslog is reachable.
+//! when no syslog is reachable; a syslog that stops reading never stalls requests.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use bytes::Bytes;
-use effe_tests::{send, HostCmd, Proto};
+use effe_tests::{reply, send, HostCmd, Proto};
 use http_body_util::Full;
+use hyper_util::rt::TokioIo;
 
 fn get_with_id(path: &str, id: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(path)
@@ -104,4 +105,129 @@ async fn without_a_reachable_syslog_errors_go_to_stderr_after_one_warning() {
     let stderr = host.wait_stderr(|s| s.contains("request_id=e-2"));
     assert_eq!(stderr.matches("syslog unreachable").count(), 1, "{stderr}");
     assert!(stderr.contains("effe=fixture-lifecycle request_id=e-1 run failed: fixture run error"));
+}
+
+/// `per_conn` sequential `GET /error` on each of `conns` keep-alive HTTP/1.1 connections, with
+/// request ids `{prefix}-{conn}-{n}`; the statuses.
+async fn errors_over_keep_alive(
+    addr: std::net::SocketAddr,
+    conns: usize,
+    per_conn: usize,
+    prefix: &'static str,
+) -> Vec<u16> {
+    let tasks: Vec<_> = (0..conns)
+        .map(|c| {
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .expect("h1");
+                tokio::spawn(conn);
+                let mut statuses = Vec::with_capacity(per_conn);
+                for n in 0..per_conn {
+                    let mut req = get_with_id("/error", &format!("{prefix}-{c}-{n}"));
+                    req.headers_mut()
+                        .insert(http::header::HOST, addr.to_string().parse().unwrap());
+                    tx.ready().await.expect("keep-alive");
+                    let resp = tx.send_request(req).await.expect("h1 request");
+                    statuses.push(reply(resp).await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.extend(task.await.unwrap());
+    }
+    statuses
+}
+
+/// A syslog socket bound by the test and not read: the kernel queues about 10 datagrams
+/// (net.unix.max_dgram_qlen), then a sender blocks.
+fn unread_syslog(cmd: HostCmd) -> (effe_tests::Host, UnixDatagram) {
+    let sock_path = cmd.path("syslog.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let host = cmd
+        .args(["--syslog".as_ref(), sock_path.as_os_str()])
+        .args(["--call-mode", "inline"])
+        .spawn();
+    (host, sock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_syslog_stalls_no_request_and_the_drops_are_reported() {
+    let (host, sock) = unread_syslog(HostCmd::new("fixture-lifecycle"));
+
+    // More failures than the socket and the host's queue (1024) hold together. Run is called
+    // on the network threads (inline): a blocking syslog send there would stall them all.
+    let statuses = tokio::time::timeout(
+        Duration::from_secs(30),
+        errors_over_keep_alive(host.addr, 4, 400, "flood"),
+    )
+    .await
+    .expect("requests stalled behind a full syslog");
+    assert_eq!(statuses.len(), 1600);
+    assert!(statuses.iter().all(|s| *s == 500), "{statuses:?}");
+    // The socket is still full: other requests are served.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        send(host.addr, Proto::Http1, get_with_id("/", "fine")),
+    )
+    .await
+    .expect("a plain request stalled behind a full syslog");
+    assert_eq!(reply.status, 200);
+
+    // Once read, the socket takes the queued messages again, in the RFC 3164 format.
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..50 {
+        let n = sock.recv(&mut buf).expect("queued messages reach syslog");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(msg.starts_with("<11>"), "{msg}");
+        assert!(
+            msg.contains("effe=fixture-lifecycle request_id=flood-"),
+            "{msg}"
+        );
+        assert!(msg.contains("run failed: fixture run error"), "{msg}");
+    }
+    // What did not fit is counted and reported once, not line by line.
+    let stderr = host.wait_stderr(|s| s.contains("effe log messages dropped"));
+    let dropped: usize = stderr
+        .split(" effe log messages dropped")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count:\n{stderr}"));
+    assert!(dropped > 0 && dropped < 1600, "{dropped}");
+    assert_eq!(
+        stderr.matches("effe log messages dropped").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_still_queued_for_a_stuck_syslog_at_exit_go_to_stderr() {
+    let (host, _sock) = unread_syslog(HostCmd::new("fixture-lifecycle"));
+    let statuses = tokio::time::timeout(
+        Duration::from_secs(30),
+        errors_over_keep_alive(host.addr, 1, 300, "exit"),
+    )
+    .await
+    .expect("requests stalled behind a full syslog");
+    assert!(statuses.iter().all(|s| *s == 500), "{statuses:?}");
+
+    let (status, stderr) = host.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("syslog did not take the queued effe errors"),
+        "{stderr}"
+    );
+    // The last failure was still queued behind the stuck send: it is on stderr.
+    assert!(
+        stderr.contains("effe=fixture-lifecycle request_id=exit-0-299 run failed"),
+        "{stderr}"
+    );
 }

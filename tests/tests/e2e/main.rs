@@ -1,8 +1,10 @@
 //! End-to-end tests: the real effe-host binary, real effes, real sockets. One binary, one
 //! module per area.
 
+mod compat;
 mod lifecycle;
 mod load;
 mod logging;
+mod response;
 mod serve;
 mod tls;

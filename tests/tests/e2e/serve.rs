@@ -145,8 +145,13 @@ async fn body_over_the_limit_is_413_and_the_host_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_network_thread_serves_and_stops() {
     // Four listeners share the port (SO_REUSEPORT); the kernel spreads connections over them.
-    let host = std::sync::Arc::new(HostCmd::new("hello").args(["--threads", "4"]).spawn());
-    let tasks: Vec<_> = (0..32)
+    // Called inline, Run runs on the network thread that holds the connection: the effe
+    // answers that thread's name.
+    let host = HostCmd::new("fixture-lifecycle")
+        .args(["--threads", "4", "--call-mode", "inline"])
+        .spawn();
+    let host = std::sync::Arc::new(host);
+    let tasks: Vec<_> = (0..64)
         .map(|i| {
             let host = host.clone();
             let proto = if i % 2 == 0 {
@@ -154,14 +159,46 @@ async fn every_network_thread_serves_and_stops() {
             } else {
                 Proto::Http2
             };
-            tokio::spawn(async move { send(host.addr, proto, effe_tests::get("/")).await.status })
+            tokio::spawn(async move { send(host.addr, proto, effe_tests::get("/thread")).await })
         })
         .collect();
+    let mut threads = Vec::new();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+        let reply = t.await.unwrap();
+        assert_eq!(reply.status, 200);
+        threads.push(reply.text());
     }
+    threads.sort();
+    threads.dedup();
+    // 64 connections all hashed to one of four listeners: about 1 in 10^38.
+    assert!(threads.len() >= 2, "only {threads:?} served");
+    assert!(
+        threads.iter().any(|t| t.starts_with("effe-net-")),
+        "{threads:?}"
+    );
     let host = std::sync::Arc::into_inner(host).unwrap();
     let (status, stderr) = host.stop();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("threads=4"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_is_refused_before_100_continue() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = HostCmd::new("echo")
+        .args(["--max-body-size", "1024"])
+        .spawn();
+    let mut tcp = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    tcp.write_all(
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4096\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The client sends nothing more: the first thing it hears must be the refusal.
+    let mut head = [0u8; 12];
+    tokio::time::timeout(effe_tests::PATIENCE, tcp.read_exact(&mut head))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
 }

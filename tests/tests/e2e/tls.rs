@@ -317,3 +317,39 @@ async fn the_servers_cipher_suite_order_wins() {
         assert_eq!(suite, expected, "{version:?}");
     }
 }
+
+/// A connection accepted before SIGTERM whose TLS handshake only starts during the drain.
+async fn handshake_during_the_drain(alpn: &[&str]) {
+    let host = https("hello", "chain-ec.pem", "leaf-ec.key")
+        .args(["--shutdown-timeout", "20s"])
+        .spawn();
+    let tcp = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    host.sigterm();
+    host.wait_stderr(|s| s.contains("shutting down"));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(client(alpn, None))
+        .connect(name, tcp)
+        .await
+        .expect("handshake during the drain");
+    let proto = negotiated(&stream);
+    let reply = send_on(stream, host.addr, proto, get("/")).await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "Hello from effe")
+    );
+    if proto == Proto::Http1 {
+        assert_eq!(reply.headers["connection"], "close");
+    }
+    let (status, stderr) = host.wait();
+    assert!(status.success(), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_in_its_handshake_at_sigterm_is_served_over_http1() {
+    handshake_during_the_drain(&["http/1.1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_in_its_handshake_at_sigterm_is_served_over_h2() {
+    handshake_during_the_drain(&["h2"]).await;
+}

@@ -1,0 +1,231 @@
+//! How the ABI grows: named interfaces, immutable once released, looked up by each side.
+//!
+//! The root module ([`EffeModule`](crate::EffeModule)) and everything it reaches are the
+//! *baseline*, frozen as released in effe-abi 0.1.0: abi_stable refuses a library whose root
+//! module has fewer fields than the host's, or whose types come from a lower 0.x minor
+//! version, so the baseline can never change without refusing every effe built before.
+//!
+//! Everything newer is an *interface*: a `#[repr(C)]` table with a versioned name
+//! (`effe-abi/run@2`), frozen once released; a change is a new name (`@3`), never an edit.
+//! - The effe lists the interfaces it implements through one more exported symbol,
+//!   `effe_abi_interfaces` ([`ExportedInterfaces`]), written by [`export_effe!`](crate::export_effe).
+//!   The host asks it for each interface it knows and checks the table's layout with
+//!   abi_stable before using it; a mismatch refuses the effe at load. A host older than an
+//!   interface never asks for it; an effe older than the symbol simply lacks it.
+//! - The host offers its interfaces to the effe per call, through [`HostCall`] (passed to
+//!   `run@2`): the baseline services of this version as a field, later ones through
+//!   [`HostCall`]'s lookup by name, which checks the layout the effe expects against the
+//!   host's.
+//!
+//! So an effe built against an older effe-abi loads into a newer host and sees only what it
+//! knows, and an effe built against a newer effe-abi loads into an older host, where the newer
+//! capabilities report that the host lacks them (see
+//! [`ResponseWriter::set_header`](crate::ResponseWriter::set_header)).
+//!
+//! Interfaces in this version:
+//!
+//! | name | offered by | what |
+//! |---|---|---|
+//! | [`RUN_V2`] | the effe | `run` with a [`HostCall`] instead of the baseline writer |
+//! | [`RESPONSE_V1`] | the host | the response services: the baseline's, and `set_header` |
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString};
+use abi_stable::type_layout::TypeLayout;
+use abi_stable::StableAbi;
+
+use crate::{EffeError, RawContext, Request};
+
+/// Name of [`RunV2`].
+pub const RUN_V2: &str = "effe-abi/run@2";
+/// Name of [`ResponseV1`].
+pub const RESPONSE_V1: &str = "effe-abi/response@1";
+
+/// A table that crosses the boundary under a name. Implemented only here (sealed): each `NAME`
+/// belongs to one type, whose layout never changes once released.
+pub trait InterfaceTable: sealed::Sealed + StableAbi + Sync + 'static {
+    /// The versioned name, `effe-abi/what@N`.
+    const NAME: &'static str;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::RunV2 {}
+    impl Sealed for super::ResponseV1 {}
+}
+
+/// `run`, taking a [`HostCall`] for the response (effe-abi 0.1.1 and later): the host calls
+/// it instead of the baseline `run` when the effe offers it.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct RunV2 {
+    /// Handles one request with exclusive use of one Context.
+    pub run: for<'a, 'b> extern "C" fn(
+        &'b mut RawContext,
+        &'b Request<'a>,
+        HostCall<'b>,
+    ) -> RResult<(), EffeError>,
+}
+
+// Frozen as released in effe-abi 0.1.1.
+impl InterfaceTable for RunV2 {
+    const NAME: &'static str = RUN_V2;
+}
+
+/// The host's response services for one call: set the status, append a header, replace a
+/// header, append to the body. Each takes the call's state (see [`HostCall`]); effes reach them
+/// only through [`ResponseWriter`](crate::ResponseWriter).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct ResponseV1 {
+    pub(crate) set_status: extern "C" fn(NonNull<c_void>, u16) -> RResult<(), RString>,
+    pub(crate) append_header:
+        extern "C" fn(NonNull<c_void>, RStr<'_>, RSlice<'_, u8>) -> RResult<(), RString>,
+    pub(crate) set_header:
+        extern "C" fn(NonNull<c_void>, RStr<'_>, RSlice<'_, u8>) -> RResult<(), RString>,
+    pub(crate) write_body: extern "C" fn(NonNull<c_void>, RSlice<'_, u8>),
+}
+
+// Frozen as released in effe-abi 0.1.1.
+impl InterfaceTable for ResponseV1 {
+    const NAME: &'static str = RESPONSE_V1;
+}
+
+/// What the host lends `run@2` for one call: the call's state (only the host knows its type),
+/// the host's response services, and a lookup for the host's later interfaces.
+///
+/// Valid for the call only; never `Send`: the services may only be used during the call, from
+/// the thread it runs on.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct HostCall<'a> {
+    state: NonNull<c_void>,
+    response: &'static ResponseV1,
+    pub(crate) lookup: extern "C" fn(RStr<'_>, NonNull<c_void>) -> ROption<NonNull<c_void>>,
+    _call: PhantomData<&'a mut c_void>,
+}
+
+impl<'a> HostCall<'a> {
+    /// A call over `state`, served by `response`. Only the sink in this crate makes these.
+    pub(crate) fn new(state: NonNull<c_void>, response: &'static ResponseV1) -> Self {
+        HostCall {
+            state,
+            response,
+            lookup: crate::ffi::host_lookup,
+            _call: PhantomData,
+        }
+    }
+
+    pub(crate) fn state(&self) -> NonNull<c_void> {
+        self.state
+    }
+
+    pub(crate) fn response(&self) -> &'static ResponseV1 {
+        self.response
+    }
+}
+
+/// One side's table for an interface, with its layout for the other side to check. `layout`
+/// is null when the interface is absent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Interface {
+    pub(crate) layout: Option<&'static TypeLayout>,
+    pub(crate) table: Option<NonNull<c_void>>,
+}
+
+impl Interface {
+    /// Absent.
+    pub const NONE: Interface = Interface {
+        layout: None,
+        table: None,
+    };
+
+    /// `table`, offered as interface `T`.
+    pub fn of<T: InterfaceTable>(table: &'static T) -> Interface {
+        Interface {
+            layout: Some(T::LAYOUT),
+            table: Some(NonNull::from(table).cast()),
+        }
+    }
+}
+
+/// The symbol an effe exports beside its root module: how the host finds the effe's
+/// interfaces. Frozen: a magic string and one function.
+#[repr(C)]
+pub struct ExportedInterfaces {
+    magic: [u8; 16],
+    pub(crate) get: extern "C" fn(RStr<'_>) -> Interface,
+}
+
+/// Guards against a foreign symbol of the same name.
+const MAGIC: [u8; 16] = *b"effe-abi/ifaces\0";
+
+/// The name of the [`ExportedInterfaces`] symbol.
+pub const INTERFACES_SYMBOL: &str = "effe_abi_interfaces";
+
+impl ExportedInterfaces {
+    /// The directory `get` answers for.
+    pub const fn new(get: extern "C" fn(RStr<'_>) -> Interface) -> Self {
+        ExportedInterfaces { magic: MAGIC, get }
+    }
+
+    pub(crate) fn is_genuine(&self) -> bool {
+        self.magic == MAGIC
+    }
+}
+
+/// An interface the effe offers with a layout other than the host's: the effe was built
+/// against an effe-abi whose `name` differs from this one's (a broken release).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutMismatch {
+    /// The interface.
+    pub name: &'static str,
+}
+
+impl std::fmt::Display for LayoutMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "its interface {} has another layout than this host's",
+            self.name
+        )
+    }
+}
+
+/// The interfaces an effe offers, as the host sees them.
+#[derive(Clone, Copy)]
+pub struct EffeInterfaces {
+    pub(crate) exported: Option<&'static ExportedInterfaces>,
+}
+
+impl EffeInterfaces {
+    /// Those of the effe loaded from `path` (already loaded through its root module). An effe
+    /// built before interfaces existed has none.
+    ///
+    /// # Errors
+    ///
+    /// If the library cannot be opened again, or exports the symbol without effe-abi's magic.
+    pub fn of_library(path: &std::path::Path) -> Result<EffeInterfaces, String> {
+        let exported = crate::ffi::find_interfaces(path)?;
+        if exported.is_some_and(|e| !e.is_genuine()) {
+            return Err(format!("its {INTERFACES_SYMBOL} symbol is not effe-abi's"));
+        }
+        Ok(EffeInterfaces { exported })
+    }
+}
+
+/// Serves a lookup from an effe: `table` for `T` if `name` is T's and the effe's expected
+/// layout matches the host's.
+pub(crate) fn offer<T: InterfaceTable>(
+    name: &str,
+    expected: &'static TypeLayout,
+    table: &'static T,
+) -> Option<NonNull<c_void>> {
+    (name == T::NAME && check_layout_compatibility(T::LAYOUT, expected).is_ok())
+        .then(|| NonNull::from(table).cast())
+}

@@ -1,0 +1,167 @@
+//! The export macro and the `extern "C"` shims it instantiates for an effe.
+//!
+//! Every shim runs the author's code inside `catch_unwind` and turns a panic into an
+//! [`EffeError`] of kind `Panicked`: since Rust 1.81 an unwind out of an `extern "C"` function
+//! aborts the process, which would take the host down with the effe.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use abi_stable::library::RootModuleResult;
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::std_types::RResult;
+
+use crate::module::{EffeInfo, EffeModule, EffeModuleRef};
+use crate::{Effe, EffeError, Error, ErrorKind, RawContext, Request, ResponseWriter};
+
+/// Exports an [`Effe`] implementation as the effe of this `cdylib`.
+///
+/// Use it once per crate, at the top level. The effe's name, version and description are taken
+/// from the crate's `Cargo.toml`. The crate needs `crate-type = ["cdylib"]`.
+///
+/// ```ignore
+/// effe_abi::export_effe!(Hello);
+/// ```
+#[macro_export]
+macro_rules! export_effe {
+    ($effe:ty) => {
+        const _: () = {
+            impl $crate::__private::Exported for $effe {
+                fn slot() -> &'static ::std::sync::OnceLock<Self> {
+                    static SLOT: ::std::sync::OnceLock<$effe> = ::std::sync::OnceLock::new();
+                    &SLOT
+                }
+
+                const INFO: $crate::EffeInfo = $crate::EffeInfo::new(
+                    ::core::env!("CARGO_PKG_NAME"),
+                    ::core::env!("CARGO_PKG_VERSION"),
+                    ::core::env!("CARGO_PKG_DESCRIPTION"),
+                    <$effe as $crate::Effe>::NONBLOCKING,
+                );
+            }
+        };
+
+        // The symbol abi_stable's loader looks up (`abi_stable::library::ROOT_MODULE_LOADER_NAME`).
+        #[unsafe(no_mangle)]
+        #[allow(unsafe_code, non_upper_case_globals)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader =
+            $crate::__private::lib_header::<$effe>();
+    };
+}
+
+/// Implemented by [`export_effe!`]: where the `init` value lives, and the metadata.
+pub trait Exported: Effe {
+    /// The process-wide instance made by `init`.
+    fn slot() -> &'static OnceLock<Self>;
+    /// The effe's metadata.
+    const INFO: EffeInfo;
+}
+
+/// The library header for effe `E`.
+pub const fn lib_header<E: Exported>() -> abi_stable::library::LibHeader {
+    crate::ffi::lib_header(load_root_module::<E>)
+}
+
+extern "C" fn load_root_module<E: Exported>() -> RootModuleResult {
+    abi_stable::library::__call_root_module_loader(root_module::<E>)
+}
+
+fn root_module<E: Exported>() -> EffeModuleRef {
+    EffeModule {
+        info: E::INFO,
+        init: init::<E>,
+        start: start::<E>,
+        run: run::<E>,
+        stop: stop::<E>,
+    }
+    .leak_into_prefix()
+}
+
+#[cold]
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+/// Runs `f`, turning an error or a panic into an [`EffeError`].
+fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> RResult<T, EffeError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => RResult::ROk(value),
+        Ok(Err(err)) => RResult::RErr(err.into()),
+        Err(payload) => {
+            let message = panic_message(&*payload);
+            // Dropping a payload whose own `Drop` panics would unwind from here: forget it.
+            std::mem::forget(payload);
+            RResult::RErr(EffeError::new(ErrorKind::Panicked, message))
+        }
+    }
+}
+
+fn instance<E: Exported>() -> Result<&'static E, Error> {
+    E::slot()
+        .get()
+        .ok_or_else(|| Error::msg("entry point called before init"))
+}
+
+extern "C" fn init<E: Exported>() -> RResult<(), EffeError> {
+    guard(|| {
+        let effe = E::init()?;
+        E::slot()
+            .set(effe)
+            .map_err(|_| Error::msg("init called twice"))
+    })
+}
+
+extern "C" fn start<E: Exported>() -> RResult<RawContext, EffeError> {
+    guard(|| Ok(RawContext::new(instance::<E>()?.start()?)))
+}
+
+extern "C" fn run<'a, E: Exported>(
+    ctx: &mut RawContext,
+    req: &Request<'a>,
+    resp: &mut ResponseWriter<'a>,
+) -> RResult<(), EffeError> {
+    guard(|| {
+        let effe = instance::<E>()?;
+        // SAFETY: the host only passes back handles that `start::<E>` made.
+        #[allow(unsafe_code)]
+        let ctx = unsafe { ctx.as_mut::<E::Context>() };
+        effe.run(ctx, req, resp)
+    })
+}
+
+extern "C" fn stop<E: Exported>(ctx: RawContext) -> RResult<(), EffeError> {
+    guard(|| {
+        // SAFETY: the host only passes back handles that `start::<E>` made, each once.
+        #[allow(unsafe_code)]
+        let ctx = unsafe { ctx.into_inner::<E::Context>() };
+        instance::<E>()?.stop(ctx)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exported_symbol_is_abi_stables_loader_name() {
+        // Must match the name spelled in `export_effe!`.
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+
+    #[test]
+    fn guard_catches_panics_with_their_message() {
+        let err = super::guard::<()>(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Panicked);
+        assert_eq!(err.message(), "boom 7");
+        let err = super::guard::<()>(|| panic!("static")).unwrap_err();
+        assert_eq!(err.message(), "static");
+    }
+}

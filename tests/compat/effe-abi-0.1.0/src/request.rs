@@ -1,0 +1,241 @@
+//! The request as it crosses the boundary: a borrowed view of what the host received.
+//!
+//! Everything in a [`Request`] is borrowed from the host for the duration of one `run` call; the
+//! host does not copy the body to build it. Copy out what must outlive the call.
+
+use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::StableAbi;
+
+use crate::Error;
+
+/// The HTTP version the request arrived with.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/0.9.
+    Http09,
+    /// HTTP/1.0.
+    Http10,
+    /// HTTP/1.1.
+    Http11,
+    /// HTTP/2, over TLS (ALPN `h2`) or cleartext with prior knowledge.
+    Http2,
+    /// HTTP/3.
+    Http3,
+}
+
+impl From<http::Version> for HttpVersion {
+    fn from(v: http::Version) -> Self {
+        match v {
+            http::Version::HTTP_09 => HttpVersion::Http09,
+            http::Version::HTTP_10 => HttpVersion::Http10,
+            http::Version::HTTP_2 => HttpVersion::Http2,
+            http::Version::HTTP_3 => HttpVersion::Http3,
+            _ => HttpVersion::Http11,
+        }
+    }
+}
+
+impl From<HttpVersion> for http::Version {
+    fn from(v: HttpVersion) -> Self {
+        match v {
+            HttpVersion::Http09 => http::Version::HTTP_09,
+            HttpVersion::Http10 => http::Version::HTTP_10,
+            HttpVersion::Http11 => http::Version::HTTP_11,
+            HttpVersion::Http2 => http::Version::HTTP_2,
+            HttpVersion::Http3 => http::Version::HTTP_3,
+        }
+    }
+}
+
+/// One request header. Names are lower-case; values are bytes, because HTTP allows values that
+/// are not UTF-8.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct Header<'a> {
+    name: RStr<'a>,
+    value: RSlice<'a, u8>,
+}
+
+impl<'a> Header<'a> {
+    /// A header view; the host builds these, effes only read them.
+    pub fn new(name: &'a str, value: &'a [u8]) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    /// The header name, lower-case.
+    pub fn name(&self) -> &'a str {
+        self.name.as_str()
+    }
+
+    /// The raw value.
+    pub fn value(&self) -> &'a [u8] {
+        self.value.as_slice()
+    }
+
+    /// The value if it is UTF-8.
+    pub fn value_str(&self) -> Option<&'a str> {
+        std::str::from_utf8(self.value()).ok()
+    }
+}
+
+/// An HTTP request, borrowed from the host for one `run` call.
+///
+/// Repeated headers appear once per occurrence, in the order received.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct Request<'a> {
+    method: RStr<'a>,
+    target: RStr<'a>,
+    version: HttpVersion,
+    headers: RSlice<'a, Header<'a>>,
+    body: RSlice<'a, u8>,
+    peer_addr: RStr<'a>,
+    request_id: RStr<'a>,
+}
+
+/// The parts of a [`Request`], for the host (and for tests of an effe) to build one from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    /// `GET`, `POST`, … as received.
+    pub method: &'a str,
+    /// Path and query as received (`/a/b?x=1`).
+    pub target: &'a str,
+    /// The protocol version.
+    pub version: HttpVersion,
+    /// Every header, repeated names kept, in order.
+    pub headers: &'a [Header<'a>],
+    /// The whole body.
+    pub body: &'a [u8],
+    /// The client's address as `ip:port`.
+    pub peer_addr: &'a str,
+    /// The id the host logs this request under.
+    pub request_id: &'a str,
+}
+
+impl<'a> Request<'a> {
+    /// A request view over `parts`.
+    pub fn new(parts: RequestParts<'a>) -> Self {
+        Self {
+            method: parts.method.into(),
+            target: parts.target.into(),
+            version: parts.version,
+            headers: parts.headers.into(),
+            body: parts.body.into(),
+            peer_addr: parts.peer_addr.into(),
+            request_id: parts.request_id.into(),
+        }
+    }
+
+    /// The method, e.g. `GET`.
+    pub fn method(&self) -> &'a str {
+        self.method.as_str()
+    }
+
+    /// Path and query, as received: `/users/7?fields=name`.
+    pub fn target(&self) -> &'a str {
+        self.target.as_str()
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &'a str {
+        let t = self.target();
+        t.split_once('?').map_or(t, |(path, _)| path)
+    }
+
+    /// The query string without the `?`, if there is one.
+    pub fn query(&self) -> Option<&'a str> {
+        self.target().split_once('?').map(|(_, query)| query)
+    }
+
+    /// The HTTP version.
+    pub fn version(&self) -> HttpVersion {
+        self.version
+    }
+
+    /// Every header, in the order received.
+    pub fn headers(&self) -> &'a [Header<'a>] {
+        self.headers.as_slice()
+    }
+
+    /// The first value of header `name` (compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers()
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case(name))
+            .map(|h| h.value())
+    }
+
+    /// The first value of header `name` if it is UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&'a str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The whole request body.
+    pub fn body(&self) -> &'a [u8] {
+        self.body.as_slice()
+    }
+
+    /// The client's address, `ip:port` (the proxy's, behind an Ingress).
+    pub fn peer_addr(&self) -> &'a str {
+        self.peer_addr.as_str()
+    }
+
+    /// The id the host logs this request under; also sent back as `x-request-id`.
+    pub fn request_id(&self) -> &'a str {
+        self.request_id.as_str()
+    }
+
+    /// A copy of this request as an [`http::Request`].
+    ///
+    /// # Errors
+    ///
+    /// If the method, target or a header does not parse as the `http` crate requires (the host
+    /// only forwards what hyper accepted, so this is rare).
+    pub fn to_http(&self) -> Result<http::Request<Vec<u8>>, Error> {
+        let mut builder = http::Request::builder()
+            .method(self.method())
+            .uri(self.target())
+            .version(self.version.into());
+        for h in self.headers() {
+            builder = builder.header(h.name(), h.value());
+        }
+        Ok(builder.body(self.body().to_vec())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_query_and_headers() {
+        let headers = [
+            Header::new("x-a", b"1"),
+            Header::new("x-a", b"\xff"),
+            Header::new("host", b"h"),
+        ];
+        let req = Request::new(RequestParts {
+            method: "POST",
+            target: "/p/q?x=1&y",
+            version: HttpVersion::Http2,
+            headers: &headers,
+            body: b"body",
+            peer_addr: "127.0.0.1:9",
+            request_id: "r1",
+        });
+        assert_eq!(req.path(), "/p/q");
+        assert_eq!(req.query(), Some("x=1&y"));
+        assert_eq!(req.header("X-A"), Some(&b"1"[..]));
+        assert_eq!(req.headers()[1].value_str(), None);
+        assert_eq!(req.header_str("host"), Some("h"));
+        assert_eq!(req.header_str("x-missing"), None);
+        let h = req.to_http().unwrap();
+        assert_eq!(h.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(h.version(), http::Version::HTTP_2);
+        assert_eq!(h.body(), b"body");
+    }
+}
