@@ -73,9 +73,10 @@ pub(crate) const fn lib_header(constructor: extern "C" fn() -> RootModuleResult)
 }
 
 /// What the host does with what an effe writes. Implemented by the host's buffer; effes use it
-/// only through [`ResponseWriter`].
+/// only through [`ResponseWriter`](crate::ResponseWriter).
 ///
-/// New methods are appended after the last one, with `#[sabi(last_prefix_field)]` moved to them.
+/// Frozen with the baseline (a method added here would refuse every older effe): the host's
+/// newer response services are [`ResponseV1`] and its successors.
 #[sabi_trait]
 pub trait ResponseSink {
     /// Sets the status code (default 200).

@@ -229,3 +229,78 @@ pub(crate) fn offer<T: InterfaceTable>(
     (name == T::NAME && check_layout_compatibility(T::LAYOUT, expected).is_ok())
         .then(|| NonNull::from(table).cast())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{interfaces, Exported};
+    use crate::{Effe, Error, ResponseBuffer, ResponseWriter};
+
+    struct Nothing;
+
+    impl Effe for Nothing {
+        type Context = ();
+        fn init() -> Result<Self, Error> {
+            Ok(Nothing)
+        }
+        fn start(&self) -> Result<(), Error> {
+            Ok(())
+        }
+        fn run(
+            &self,
+            _: &mut (),
+            _: &Request<'_>,
+            _: &mut ResponseWriter<'_>,
+        ) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    crate::export_effe!(Nothing);
+
+    static REAL: ExportedInterfaces = interfaces::<Nothing>();
+
+    /// Offers the response services under `run@2`'s name: what an effe built against a broken
+    /// effe-abi would look like.
+    extern "C" fn wrong_layout(name: RStr<'_>) -> Interface {
+        match name.as_str() {
+            RUN_V2 => Interface::of(&crate::response::SERVICES),
+            _ => Interface::NONE,
+        }
+    }
+
+    static WRONG: ExportedInterfaces = ExportedInterfaces::new(wrong_layout);
+
+    #[test]
+    fn the_host_takes_an_effes_interface_only_with_its_own_layout() {
+        let real = EffeInterfaces {
+            exported: Some(&REAL),
+        };
+        assert!(real.get::<RunV2>().unwrap().is_some());
+        assert!(real.get::<ResponseV1>().unwrap().is_none(), "not offered");
+        let wrong = EffeInterfaces {
+            exported: Some(&WRONG),
+        };
+        assert_eq!(
+            wrong.get::<RunV2>().err(),
+            Some(LayoutMismatch { name: RUN_V2 })
+        );
+        let older = EffeInterfaces { exported: None };
+        assert!(older.get::<RunV2>().unwrap().is_none());
+        assert!(REAL.is_genuine() && Nothing::INFO.abi_version() == crate::ABI_VERSION);
+    }
+
+    #[test]
+    fn the_effe_gets_a_host_interface_only_for_the_layout_it_expects() {
+        let mut buf = ResponseBuffer::new();
+        let call = buf.host_call();
+        assert!(call.lookup::<ResponseV1>().is_some());
+        assert!(
+            call.lookup::<RunV2>().is_none(),
+            "the host does not offer it"
+        );
+        // The name of one, the layout of another: refused.
+        let mismatched = NonNull::from(RunV2::LAYOUT).cast::<c_void>();
+        assert!((call.lookup)(RESPONSE_V1.into(), mismatched).is_none());
+    }
+}

@@ -86,15 +86,29 @@
 //! assert_eq!((status.as_u16(), &body[..]), (200, &b"Hello, effe!"[..]));
 //! ```
 //!
-//! # Evolving the ABI
+//! # Versions: what loads where
 //!
-//! - [`EffeModule`] is a prefix type: new entry points or metadata are appended after the last
-//!   field, and `#[sabi(last_prefix_field)]` moves to the new last field. That is a minor
-//!   version bump; older effes keep loading and the host treats the new field as absent.
-//! - The same holds for methods of [`ResponseSink`].
-//! - Any other change to a type that crosses the boundary ([`Request`], [`Header`],
-//!   [`EffeInfo`], [`EffeError`], [`ErrorKind`]) changes its layout: bump the minor version while
-//!   0.x (the major after 1.0). The load-time check then refuses effes built against the old one.
+//! | effe built against | host built against | works? |
+//! |---|---|---|
+//! | effe-abi 0.1.0 | 0.1.1 or later 0.1.x | yes: the baseline (`run`, the three writer methods) |
+//! | 0.1.1 | 0.1.0 | yes: the baseline; [`ResponseWriter::set_header`] returns an error |
+//! | 0.1.1 | 0.1.1 | yes: everything, through [`interfaces`] |
+//! | 0.1.x | 0.2 (a new baseline) | no: refused at load, exit code 6, "rebuild the effe" |
+//!
+//! The rules that make this hold (docs/abi.md in the repository tells why):
+//!
+//! - **The baseline is frozen.** [`EffeModule`] and every type it reaches ([`EffeInfo`],
+//!   [`Request`], [`Header`], [`HttpVersion`], [`module::ResponseWriter`], [`ResponseSink`],
+//!   [`EffeError`], [`ErrorKind`], [`RawContext`]) keep their names, fields and layouts as
+//!   released in 0.1.0. abi_stable checks them at load and would refuse every older effe after
+//!   any change, even an appended field: it accepts a library with *more* prefix fields than
+//!   the host, never fewer.
+//! - **The crate stays 0.1.x** while the baseline holds: abi_stable compares the package name
+//!   and (while 0.x) the minor version of every type, and refuses an effe with a lower minor.
+//! - **New capabilities are named interfaces**, frozen once released: a change is a new name
+//!   (`effe-abi/run@3`), never an edit. See [`interfaces`].
+//! - Breaking the baseline means 0.2: every effe must be rebuilt, and hosts refuse the old ones
+//!   with a clear error.
 
 #![warn(missing_docs)]
 

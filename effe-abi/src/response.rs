@@ -705,4 +705,40 @@ mod tests {
         assert!(err.ends_with('…'), "{err}");
         assert!(err.chars().count() < 100, "{err}");
     }
+
+    #[test]
+    fn set_header_replaces_every_value_and_frees_their_bytes() {
+        let mut buf = ResponseBuffer::new();
+        {
+            let mut w = buf.writer();
+            w.header("x-a", "1").unwrap().header("x-a", "2").unwrap();
+            w.header("x-b", "b").unwrap();
+            w.set_header("x-a", "3").unwrap();
+            w.set_header("x-new", "n").unwrap();
+            // Refused before anything is removed.
+            assert!(w.set_header("x-a", b"\n").is_err());
+        }
+        assert_eq!(buf.header_bytes, "x-a3x-bbx-newn".len());
+        let (_, headers, _) = buf.into_parts();
+        let a: Vec<_> = headers.get_all("x-a").iter().collect();
+        assert_eq!(a, ["3"]);
+        assert_eq!(headers["x-b"], "b");
+        assert_eq!(headers["x-new"], "n");
+    }
+
+    #[test]
+    fn the_baseline_writer_reaches_the_same_buffer() {
+        let mut buf = ResponseBuffer::new();
+        {
+            let mut raw = buf.raw_writer();
+            let mut w = ResponseWriter::over_sink(&mut raw);
+            w.status(201).unwrap().header("x-a", "1").unwrap().body("b");
+            // An older host (the baseline sink) cannot replace a header.
+            let err = w.set_header("x-a", "2").err().unwrap();
+            assert!(err.message().contains("effe-abi 0.1.1"), "{err}");
+        }
+        let (status, headers, body) = buf.into_parts();
+        assert_eq!((status.as_u16(), &body[..]), (201, &b"b"[..]));
+        assert_eq!(headers["x-a"], "1");
+    }
 }

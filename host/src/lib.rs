@@ -14,6 +14,7 @@ pub mod plugin;
 pub mod pool;
 pub mod server;
 pub mod tls;
+pub mod trust;
 
 use std::process::ExitCode;
 

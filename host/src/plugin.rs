@@ -1,10 +1,8 @@
 //! Loading an effe and calling its entry points. The only module that touches effe-abi's FFI
 //! types: the rest of the host sees [`Plugin`], [`Context`], [`Failure`] and [`Info`].
 
-use std::fs::{self, Metadata};
-use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd};
-use std::os::unix::fs::MetadataExt;
+use std::fs;
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, RootModule};
@@ -14,6 +12,7 @@ use effe_abi::{EffeError, EffeModuleRef, ErrorKind, Header, HttpVersion, RawCont
 use effe_abi::{RequestParts, ResponseBuffer};
 
 use crate::error::{Fatal, LoadFailure};
+use crate::trust;
 
 /// A loaded effe. Copyable: the library is never unloaded.
 #[derive(Clone, Copy)]
@@ -165,84 +164,6 @@ fn classify(err: &LibraryError) -> (LoadFailure, String) {
     }
 }
 
-/// `/proc/self/fd/N` for `file`, if /proc is mounted and shows that descriptor as this inode.
-fn descriptor_path(file: &fs::File, meta: &Metadata) -> Option<PathBuf> {
-    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let seen = fs::metadata(&path).ok()?;
-    (seen.dev() == meta.dev() && seen.ino() == meta.ino()).then_some(path)
-}
-
-/// Checks that only root or the host's effective user can write or replace the plugin: the file
-/// (`meta`, from the open descriptor) is owned by one of them and not writable by group or
-/// others, and so is every directory up to `/`, except that a sticky directory (like /tmp) may
-/// be writable by all, since there only an entry's owner may rename or delete it.
-///
-/// The directories are checked by path: std cannot open a directory without read permission
-/// (no `O_PATH`, no `openat`), and path resolution is what the check is about. Once they pass,
-/// only root or the host's user can change what the canonical path names, so if it still names
-/// the opened inode afterwards, that inode is the one that sits in those directories.
-fn check_trusted(canonical: &Path, meta: &Metadata) -> Result<(), String> {
-    let euid = effective_uid()
-        .map_err(|e| format!("cannot read the host's uid from /proc/self/status: {e}"))?;
-    let trusted = |uid: u32| uid == 0 || uid == euid;
-    if !trusted(meta.uid()) {
-        return Err(format!(
-            "owned by uid {}, not by root or the host's user (uid {euid}); fix with chown, or \
-             pass --allow-insecure-plugin",
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "writable by group or others (mode {:o}); fix with chmod go-w, or pass \
-             --allow-insecure-plugin",
-            meta.mode() & 0o7777
-        ));
-    }
-    for dir in canonical.ancestors().skip(1) {
-        let shown = dir.display();
-        let d = fs::symlink_metadata(dir)
-            .map_err(|e| format!("cannot check its directory {shown}: {e}"))?;
-        if !d.is_dir() {
-            return Err(format!(
-                "its directory {shown} changed while being checked; try again"
-            ));
-        }
-        if !trusted(d.uid()) {
-            return Err(format!(
-                "its directory {shown} is owned by uid {}, not by root or the host's user (uid \
-                 {euid}); fix with chown, or pass --allow-insecure-plugin",
-                d.uid()
-            ));
-        }
-        if d.mode() & 0o022 != 0 && d.mode() & 0o1000 == 0 {
-            return Err(format!(
-                "its directory {shown} is writable by group or others (mode {:o}, not sticky); \
-                 fix with chmod go-w, or pass --allow-insecure-plugin",
-                d.mode() & 0o7777
-            ));
-        }
-    }
-    let now = fs::metadata(canonical).map_err(|e| format!("changed while being checked: {e}"))?;
-    if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
-        return Err("replaced while being checked; try again".to_owned());
-    }
-    Ok(())
-}
-
-/// The host's effective uid: the second field of the `Uid:` line of `/proc/self/status` (real,
-/// effective, saved, filesystem). std has no `geteuid`; `libc`'s would need `unsafe`, and a crate
-/// for one number is not worth it when the load needs /proc anyway.
-fn effective_uid() -> io::Result<u32> {
-    let status = fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|uids| uids.split_whitespace().nth(1))
-        .and_then(|euid| euid.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no effective uid in it"))
-}
-
 impl Plugin {
     /// Loads the effe at `path`. dlopen runs the library's constructors, so unless
     /// `allow_insecure` the file must be one that only root or the host's own user can write or
@@ -266,7 +187,7 @@ impl Plugin {
         if !meta.is_file() {
             return Err(refuse(path, LoadFailure::NotALibrary, "not a regular file"));
         }
-        let by_descriptor = descriptor_path(&file, &meta);
+        let by_descriptor = trust::descriptor_path(&file, &meta);
         if !allow_insecure {
             // Without /proc (a bare chroot; a container always has it) the file could only be
             // loaded by path, which is what the checks cannot vouch for: refuse rather than
@@ -279,7 +200,7 @@ impl Plugin {
                      plugin through /proc/self/fd); mount /proc, or pass --allow-insecure-plugin",
                 ));
             }
-            check_trusted(&canonical, &meta)
+            trust::check_trusted(&canonical, &meta)
                 .map_err(|why| refuse(path, LoadFailure::Insecure, why))?;
         }
         // With --allow-insecure-plugin and no /proc, the path is all there is.

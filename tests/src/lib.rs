@@ -98,7 +98,22 @@ impl HostCmd {
 
     /// `effe-host --plugin path`, listening on 127.0.0.1:0, syslog off.
     pub fn with_path(path: &Path, dir: TempDir) -> HostCmd {
-        let mut cmd = Command::new(host_bin());
+        HostCmd::configure(Command::new(host_bin()), path, dir)
+    }
+
+    /// `effe-host --plugin <copy of name>` with at most `limit` open file descriptors
+    /// (`ulimit -n`, then exec: the PID is the host's).
+    pub fn with_fd_limit(plugin: &str, limit: u32) -> HostCmd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = plugin_in(dir.path(), plugin);
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(host_bin());
+        HostCmd::configure(sh, &path, dir)
+    }
+
+    fn configure(mut cmd: Command, path: &Path, dir: TempDir) -> HostCmd {
         cmd.arg("--plugin")
             .arg(path)
             // Through the environment, so that tests can still pass the flags.

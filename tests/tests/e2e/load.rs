@@ -260,3 +260,42 @@ fn listen_failure_has_its_own_code() {
     let cmd = HostCmd::new("hello").args(["--listen", &addr]);
     refused(cmd, 10, &[&format!("cannot listen on {addr}")]);
 }
+
+#[test]
+fn contexts_started_before_a_later_setup_failure_are_stopped() {
+    // A descriptor limit that lets Init, the boot Starts and the listeners through, but not the
+    // runtime of a further network thread: searched, since the count depends on the build.
+    let mut failed_after_boot = 0;
+    for limit in 10..48 {
+        let log = effe_tests::EventLog::new();
+        let mut host = HostCmd::with_fd_limit("fixture-lifecycle", limit)
+            .env("EFFE_LIFECYCLE_LOG", &log.path)
+            .args(["--threads", "4", "--min-contexts", "2"])
+            .start();
+        let said = host.wait_stderr(|s| s.contains("listening") || s.contains("effe-host: "));
+        if said.contains("listening") {
+            // Enough descriptors for everything: the search is over.
+            host.wait_listening();
+            assert!(host.stop().0.success());
+            break;
+        }
+        let (status, stderr) = host.wait();
+        if !stderr.contains("cannot start the runtime") {
+            continue;
+        }
+        failed_after_boot += 1;
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let mut ev = effe_tests::events(&log);
+        assert_eq!(ev[..3], ["init", "start 1", "start 2"], "{ev:?}");
+        ev[3..].sort();
+        assert_eq!(
+            ev[3..],
+            ["stop 1", "stop 2"],
+            "limit {limit}: {ev:?}\n{stderr}"
+        );
+    }
+    assert!(
+        failed_after_boot > 0,
+        "no limit made a network thread fail after boot"
+    );
+}
