@@ -232,6 +232,11 @@ impl Host {
             .unwrap_or_else(|| panic!("effe-host did not start:\n{line}"));
     }
 
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the host wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.0.lock().unwrap().clone()

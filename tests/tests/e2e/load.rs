@@ -299,3 +299,19 @@ fn contexts_started_before_a_later_setup_failure_are_stopped() {
         "no limit made a network thread fail after boot"
     );
 }
+
+#[test]
+fn the_checked_descriptor_is_the_one_loaded_and_stays_open() {
+    let host = HostCmd::new("hello").spawn();
+    let plugin = host.dir.path().join("libhello.so").canonicalize().unwrap();
+    // The library was loaded through /proc/self/fd/N of the descriptor the checks ran on: that
+    // descriptor stays open, so the name the loader knows never names another file.
+    let fds = fs::read_dir(format!("/proc/{}/fd", host.pid())).unwrap();
+    let open: Vec<_> = fds
+        .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .collect();
+    assert!(open.contains(&plugin), "{plugin:?} not among {open:?}");
+    let maps = fs::read_to_string(format!("/proc/{}/maps", host.pid())).unwrap();
+    assert!(maps.contains(plugin.to_str().unwrap()), "not mapped");
+    assert!(host.stop().0.success());
+}
