@@ -228,14 +228,18 @@ fn contexts_started_before_a_failed_boot_start_are_stopped() {
         .env("EFFE_LIFECYCLE_LOG", &log.path)
         .args(["--min-contexts", "3"]);
     refused(cmd, 9, &["fixture start error"]);
-    let mut ev = effe_tests::events(&log);
-    assert_eq!(ev[..3], ["init", "start 1", "start 2"], "{ev:?}");
-    // Stops run concurrently: any order, each once.
+    assert_two_started_and_stopped(&log, "");
+}
+
+/// Init, two Starts, then a Stop for each (in any order: Stops run concurrently), nothing else.
+fn assert_two_started_and_stopped(log: &std::path::Path, context: &str) {
+    let mut ev = effe_tests::events(log);
+    assert_eq!(ev[..3], ["init", "start 1", "start 2"], "{ev:?}{context}");
     ev[3..].sort();
     assert_eq!(
         ev[3..],
         ["stop 1", "stop 2"],
-        "every Start that succeeded has its Stop"
+        "every Start that succeeded has its Stop{context}"
     );
 }
 
@@ -285,14 +289,7 @@ fn contexts_started_before_a_later_setup_failure_are_stopped() {
         }
         failed_after_boot += 1;
         assert_eq!(status.code(), Some(1), "{stderr}");
-        let mut ev = effe_tests::events(&log);
-        assert_eq!(ev[..3], ["init", "start 1", "start 2"], "{ev:?}");
-        ev[3..].sort();
-        assert_eq!(
-            ev[3..],
-            ["stop 1", "stop 2"],
-            "limit {limit}: {ev:?}\n{stderr}"
-        );
+        assert_two_started_and_stopped(&log, &format!(" (fd limit {limit})\n{stderr}"));
     }
     assert!(
         failed_after_boot > 0,
