@@ -379,8 +379,10 @@ async fn accept_loop(
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let io = TokioIo::new(stream);
                     if admitted.stopping() {
-                        // Accepted before the signal, handshake done during the drain.
-                        serve_late(builders, io, service, h2, tls.handshake_timeout()).await
+                        // Accepted before the signal, handshake done during the drain. Boxed:
+                        // rare, and it would otherwise make every connection's task larger.
+                        Box::pin(serve_late(builders, io, service, h2, tls.handshake_timeout()))
+                            .await
                     } else if h2 {
                         let conn = builders.http2.serve_connection(io, service);
                         admitted.watch(conn).await.map_err(Into::into)
