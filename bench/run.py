@@ -383,8 +383,9 @@ def bare_argv(listen: str, current_thread: bool = False) -> list[str]:
 
 
 def effe_argv(listen: str, plugin: str = "libhello.so") -> list[str]:
+    # The admin listener stays on (metrics are part of the measured hot path), on a free port.
     return [str(RELEASE / "effe-host"), "--plugin", str(RELEASE / plugin), "--listen", listen,
-            "--syslog", "off"]
+            "--syslog", "off", "--admin-listen", "127.0.0.1:0"]
 
 
 def start_bare(pin: Pinning, tmp: Path, tls: tuple[Path, Path] | None,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use effe_abi::ResponseBuffer;
 use effe_host::invoke::Effes;
+use effe_host::metrics::{Build, Metrics};
 use effe_host::plugin::{Call, Plugin};
 use effe_host::pool::{Lease, Pool, PoolConfig};
 
@@ -51,7 +52,19 @@ fn fixture() -> &'static Fixture {
             max_queue: 1,
             idle_timeout: Duration::from_secs(3600),
         };
-        let pool = Pool::new(Effes::new(plugin), config, runtime.handle().clone());
+        let metrics = std::sync::Arc::new(Metrics::new(
+            1,
+            Build {
+                effe: "hello",
+                effe_version: "",
+                effe_abi: "",
+            },
+        ));
+        let pool = Pool::new(
+            Effes::new(plugin, metrics),
+            config,
+            runtime.handle().clone(),
+        );
         pool.fill().expect("start");
         let (parts, ()) = http::Request::get("/bench?x=1")
             .header("host", "127.0.0.1:8080")

@@ -1,35 +1,43 @@
 //! Command-line flags (each with an `EFFE_*` variable), validated into a [`Config`] before any
-//! side effect: nothing is loaded or bound until every flag is known to make sense.
+//! side effect: nothing is loaded or bound until every flag is known to make sense. Every value
+//! is checked as it is parsed (a zero timeout, a size without a known unit, an address that is
+//! not one), and clap's own errors are folded into the host's one-line form.
 
-use std::net::SocketAddr;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::error::{ContextKind, ContextValue};
+use clap::{CommandFactory, Parser};
 
 use crate::error::Fatal;
 use crate::log::SyslogTarget;
 
 /// Serve one effe (a Rust cdylib built against effe-abi) over HTTP/1.1 and HTTP/2.
 #[derive(Parser, Debug)]
-#[command(name = "effe-host", version, about, max_term_width = 100)]
+#[command(name = "effe-host", version, about, max_term_width = 100, after_help = AFTER_HELP)]
 pub struct Args {
     /// The effe to serve: a shared library built with `effe_abi::export_effe!`.
     #[arg(long, env = "EFFE_PLUGIN", value_name = "PATH")]
     pub plugin: PathBuf,
 
     /// Print the effe's metadata as one JSON object and exit (Init is not called).
-    #[arg(long, env = "EFFE_INFO")]
+    #[arg(long, env = "EFFE_INFO", value_parser = parse_bool)]
     pub info: bool,
 
-    /// Address to listen on, for HTTP/1.1 and cleartext HTTP/2 (prior knowledge).
+    /// Address to listen on, for HTTP/1.1 and cleartext HTTP/2 (prior knowledge): `PORT` or
+    /// `:PORT` (every IPv4 interface, 0.0.0.0), `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT` (the
+    /// host name is resolved once, at startup, and its first address is used).
     #[arg(
         long,
         env = "EFFE_LISTEN",
         value_name = "ADDR",
-        default_value = "0.0.0.0:8080"
+        default_value = "0.0.0.0:8080",
+        value_parser = Listen::parse
     )]
-    pub listen: SocketAddr,
+    pub listen: Listen,
 
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on --listen with this PEM certificate chain
     /// (leaf first, then intermediates). Reloaded on SIGHUP.
@@ -49,52 +57,58 @@ pub struct Args {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// How long a client may take to complete the TLS handshake.
+    /// How long a client may take to complete the TLS handshake (more than 0).
     #[arg(long, env = "EFFE_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s",
-          value_parser = parse_duration)]
+          value_parser = parse_timeout)]
     pub tls_handshake_timeout: Duration,
 
     /// Contexts started before the listener accepts, and kept however idle.
     #[arg(long, env = "EFFE_MIN_CONTEXTS", value_name = "N", default_value_t = 1)]
     pub min_contexts: usize,
 
-    /// Most Contexts alive at once: the host's concurrency limit (and so the most database
-    /// connections an effe that opens one per Context holds).
+    /// Most Contexts alive at once (at least 1): the host's concurrency limit (and so the most
+    /// database connections an effe that opens one per Context holds).
     #[arg(
         long,
         env = "EFFE_MAX_CONTEXTS",
         value_name = "N",
-        default_value_t = 16
+        default_value_t = 16,
+        value_parser = parse_at_least_one
     )]
     pub max_contexts: usize,
 
-    /// How long a request waits for a free Context before it gets 503 with Retry-After.
+    /// How long a request waits for a free Context before it gets 503 with Retry-After (more
+    /// than 0: a Context started for the request needs time too).
     #[arg(long, env = "EFFE_QUEUE_TIMEOUT", value_name = "DURATION", default_value = "1s",
-          value_parser = parse_duration)]
+          value_parser = parse_timeout)]
     pub queue_timeout: Duration,
 
-    /// Most requests waiting for a Context; beyond it, 503 at once.
+    /// Most requests waiting for a Context; beyond it, 503 at once (0: none waits for a busy
+    /// Context; a request still waits for a Context started for it).
     #[arg(long, env = "EFFE_MAX_QUEUE", value_name = "N", default_value_t = 1024)]
     pub max_queue: usize,
 
-    /// Contexts idle longer than this are stopped, down to --min-contexts.
+    /// Contexts idle longer than this (more than 0) are stopped, down to --min-contexts.
     #[arg(long, env = "EFFE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s",
-          value_parser = parse_duration)]
+          value_parser = parse_timeout)]
     pub idle_timeout: Duration,
 
-    /// Largest request body accepted; larger ones get 413.
-    #[arg(long, env = "EFFE_MAX_BODY_SIZE", value_name = "BYTES", default_value_t = 6 * 1024 * 1024)]
+    /// Largest request body accepted; larger ones get 413. Bytes, or a number with a unit: B,
+    /// KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024), e.g. 6MiB, 512KB.
+    #[arg(long, env = "EFFE_MAX_BODY_SIZE", value_name = "SIZE", default_value = "6MiB",
+          value_parser = parse_size)]
     pub max_body_size: usize,
 
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (0: do not wait; their
+    /// connections are closed at once).
     #[arg(long, env = "EFFE_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "30s",
           value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// After the shutdown timeout, how long the effe's Stops may still take. The host exits
-    /// non-zero (16) if a Context was not stopped by then.
+    /// After the shutdown timeout, how long the effe's Stops may still take (more than 0). The
+    /// host exits non-zero (16) if a Context was not stopped by then.
     #[arg(long, env = "EFFE_STOP_TIMEOUT", value_name = "DURATION", default_value = "5s",
-          value_parser = parse_duration)]
+          value_parser = parse_timeout)]
     pub stop_timeout: Duration,
 
     /// Where errors returned by Run (and panics) are logged: a unix socket path,
@@ -108,8 +122,9 @@ pub struct Args {
     )]
     pub syslog: String,
 
-    /// Load the plugin even if group or others may write to it.
-    #[arg(long, env = "EFFE_ALLOW_INSECURE_PLUGIN")]
+    /// Load the plugin even if someone other than root or the host's user could write or
+    /// replace it.
+    #[arg(long, env = "EFFE_ALLOW_INSECURE_PLUGIN", value_parser = parse_bool)]
     pub allow_insecure_plugin: bool,
 
     /// How Run is called: `auto` follows the effe's declaration (NONBLOCKING effes run on the
@@ -123,10 +138,288 @@ pub struct Args {
     /// (0: one per CPU available to the process).
     #[arg(long, env = "EFFE_THREADS", value_name = "N", default_value_t = 0)]
     pub threads: usize,
+
+    /// The admin listener (`/livez`, `/healthz`, `/readyz`, `/metrics`), which the effe never
+    /// sees: an address, or `off`.
+    #[arg(
+        long,
+        env = "EFFE_ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub admin_listen: String,
 }
 
+/// Shown after the flags in `--help`. The exit codes are the README's table, condensed: keep
+/// the two in step (a test checks that both list the same codes).
+const AFTER_HELP: &str = "\
+Values:
+  Boolean variables (EFFE_INFO, EFFE_ALLOW_INSECURE_PLUGIN) take true/false, 1/0, yes/no or
+  on/off, in any case. Durations read like 500ms, 2s, 1m, 1h (at most 1 year). Sizes are bytes,
+  or a number with B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024).
+
+Environment:
+  EFFE_LOG    filter for the host's own diagnostics on stderr, e.g. debug or
+              effe_host=debug,hyper=info (default info; RUST_LOG is read if it is unset)
+
+Exit codes:
+   0  clean shutdown: in-flight requests finished, every Context stopped
+   1  runtime failure (a network thread or the runtime could not start, ...)
+   2  usage error: a bad flag, value or flag combination
+   3  plugin file missing or unreadable
+   4  plugin is not a shared library
+   5  shared library without the effe root module (not built with export_effe!)
+   6  effe built against an incompatible effe-abi
+   7  plugin that someone other than root or the host's user could write or replace
+      (see --allow-insecure-plugin)
+   8  the effe's init failed or panicked
+   9  a start for --min-contexts failed at boot
+  10  the listener could not be set up (address in use, ...)
+  11  TLS: a PEM file is missing or unreadable
+  12  TLS: no certificate in the certificate (or client CA) file
+  13  TLS: no usable private key in the key file
+  14  TLS: the key does not match the certificate
+  15  TLS: the client CA file cannot be used to verify clients
+  16  shutdown incomplete: a Context was not stopped by the deadlines
+
+Every refusal is one line on stderr: effe-host: what: why";
+
+/// The longest duration any flag takes: longer is surely a typo, and the bound keeps every
+/// deadline made from one (now + duration) from overflowing `Instant`, which would panic. One
+/// year as humantime counts it (365.25 days).
+const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+const DURATION_EXAMPLES: &str = "expected a duration such as 500ms, 2s, 1m";
+
+/// A duration, `0` included (a bare `0` needs no unit).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => "too long: at most 1 year".to_owned(),
+        _ if s.bytes().all(|b| b.is_ascii_digit()) => {
+            "a duration needs a unit, such as 500ms, 2s, 1m".to_owned()
+        }
+        _ => DURATION_EXAMPLES.to_owned(),
+    })?;
+    if d > MAX_DURATION {
+        return Err("too long: at most 1 year".to_owned());
+    }
+    Ok(d)
+}
+
+/// A duration that must not be zero: a zero timeout would fail every handshake, request or
+/// Stop it bounds.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a whole number such as 16".to_owned()),
+    }
+}
+
+/// The usual spellings of a boolean, in any case: what container environments are written with.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true/false, 1/0, yes/no or on/off".to_owned()),
+    }
+}
+
+/// Bytes, or a whole number with a unit: SI (KB = 1000) or binary (KiB = 1024), any case.
+fn parse_size(s: &str) -> Result<usize, String> {
+    const UNITS: &str =
+        "expected bytes, or a number with B, KB, MB, GB, KiB, MiB or GiB (e.g. 6MiB)";
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    if number.is_empty() {
+        return Err(UNITS.to_owned());
+    }
+    let scale: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return Err(UNITS.to_owned()),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| "too large".to_owned())
+}
+
+/// Where to listen, as given: an address, or a host name resolved by [`Listen::resolve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Addr(SocketAddr),
+    Host(String, u16),
+}
+
+impl Listen {
+    const EXPECTED: &str =
+        "expected PORT, :PORT, HOST:PORT or [IPv6]:PORT, such as 8080, :8080, localhost:8080, \
+         [::1]:8080";
+
+    fn parse(s: &str) -> Result<Listen, String> {
+        let s = s.trim();
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| format!("invalid port '{p}': expected 0 to 65535"))
+        };
+        let any = |port| Listen::Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+            return port(s).map(any);
+        }
+        if let Some(p) = s.strip_prefix(':').filter(|p| !p.contains(':')) {
+            return port(p).map(any);
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Listen::Addr(addr));
+        }
+        if s.starts_with('[') {
+            return Err(Self::EXPECTED.to_owned());
+        }
+        let Some((host, p)) = s.rsplit_once(':') else {
+            return Err(format!("no port: {}", Self::EXPECTED));
+        };
+        if host.contains(':') {
+            return Err("an IPv6 address needs brackets, such as [::1]:8080".to_owned());
+        }
+        let port = port(p)?;
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
+        if host.is_empty() || !host.chars().all(name_char) {
+            return Err(Self::EXPECTED.to_owned());
+        }
+        Ok(Listen::Host(host.to_owned(), port))
+    }
+
+    /// The address to bind: a host name's first address (as the resolver orders them).
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        match self {
+            Listen::Addr(addr) => Ok(*addr),
+            Listen::Host(host, port) => (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| format!("--listen {self}: cannot resolve {host}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--listen {self}: {host} has no address")),
+        }
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Addr(addr) => write!(f, "{addr}"),
+            Listen::Host(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// clap's error (several lines: the error, tips, a usage line, a pointer to --help) as one line
+/// in the host's form, without the `effe-host: ` prefix: the error, what was expected, a short
+/// tip ("did you mean …?"), and the variable the value came from when it was not a flag.
+/// `argv` is the command line, to tell a flag's value from its variable's.
+pub fn usage_line(err: &clap::Error, argv: &[OsString]) -> String {
+    let text = err.render().to_string();
+    let mut message = String::new();
+    let mut tips = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(tip) = line.strip_prefix("tip: ") {
+            tips.push(tip);
+        } else if message.is_empty() {
+            message.push_str(line.strip_prefix("error: ").unwrap_or(line));
+        } else if message.ends_with(':') {
+            message.push(' ');
+            message.push_str(line);
+        } else {
+            // `[possible values: a, b]` and the like: what was expected.
+            let line = line.trim_start_matches('[').trim_end_matches(']');
+            let line = line.replace("possible values: ", "expected one of ");
+            message.push_str(if message.contains(": ") { "; " } else { ": " });
+            message.push_str(&line);
+        }
+    }
+    for tip in tips {
+        let short = match tip.split_once("exists: ") {
+            Some((_, suggestion)) => format!("did you mean {suggestion}?"),
+            None => tip.to_owned(),
+        };
+        if short.len() <= 60 {
+            message.push_str(&format!(" ({short})"));
+        }
+    }
+    if let Some(var) = value_from_env(err, argv) {
+        message.push_str(&format!(" (from {var})"));
+    }
+    if let Some(var) = missing_env(err) {
+        message.push_str(&format!(" (or set {var})"));
+    }
+    message
+}
+
+/// For a missing flag: its variable, the way containers set it.
+fn missing_env(err: &clap::Error) -> Option<String> {
+    if err.kind() != clap::error::ErrorKind::MissingRequiredArgument {
+        return None;
+    }
+    let Some(ContextValue::Strings(missing)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let [arg] = missing.as_slice() else {
+        return None;
+    };
+    env_of(arg)
+}
+
+/// The variable of the flag named in `arg` (`--queue-timeout <DURATION>`).
+fn env_of(arg: &str) -> Option<String> {
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let command = Args::command();
+    let var = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?;
+    Some(var.to_string_lossy().into_owned())
+}
+
+/// The variable that supplied the refused value, when its flag is not on the command line.
+fn value_from_env(err: &clap::Error, argv: &[OsString]) -> Option<String> {
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?;
+    let on_command_line = argv.iter().filter_map(|a| a.to_str()).any(|a| {
+        a == flag
+            || a.strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
+    });
+    if on_command_line {
+        return None;
+    }
+    env_of(arg).filter(|var| std::env::var_os(var).is_some())
 }
 
 /// How the host calls Run.
@@ -154,25 +447,30 @@ pub struct Config {
     /// `None`: follow the effe's declaration.
     pub call_mode: Option<CallMode>,
     pub threads: usize,
+    /// `None`: off.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Args {
     /// Checks what clap cannot: relations between flags.
     pub fn validate(self) -> Result<Config, Fatal> {
         let usage = |msg: String| Err(Fatal::Usage(msg));
-        if self.max_contexts == 0 {
-            return usage("--max-contexts must be at least 1".into());
-        }
         if self.min_contexts > self.max_contexts {
             return usage(format!(
                 "--min-contexts ({}) is larger than --max-contexts ({})",
                 self.min_contexts, self.max_contexts
             ));
         }
-        if self.idle_timeout.is_zero() {
-            return usage("--idle-timeout must be more than 0".into());
-        }
+        let listen = self.listen.resolve().map_err(Fatal::Usage)?;
         let syslog = SyslogTarget::parse(&self.syslog).map_err(Fatal::Usage)?;
+        let admin_listen = match self.admin_listen.as_str() {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                Fatal::Usage(format!(
+                    "--admin-listen {addr:?}: expected an address such as 0.0.0.0:9090, or off"
+                ))
+            })?),
+        };
         let call_mode = match self.call_mode.as_str() {
             "inline" => Some(CallMode::Inline),
             "thread" => Some(CallMode::Thread),
@@ -185,7 +483,7 @@ impl Args {
         Ok(Config {
             plugin: self.plugin,
             info: self.info,
-            listen: self.listen,
+            listen,
             tls: self
                 .tls_cert
                 .zip(self.tls_key)
@@ -209,6 +507,211 @@ impl Args {
             allow_insecure_plugin: self.allow_insecure_plugin,
             call_mode,
             threads,
+            admin_listen,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Result<Args, clap::Error> {
+        let argv = ["effe-host", "--plugin", "libx.so"].iter().chain(flags);
+        Args::try_parse_from(argv)
+    }
+
+    fn error_line(flags: &[&str]) -> String {
+        let argv: Vec<OsString> = ["effe-host"].iter().chain(flags).map(Into::into).collect();
+        let err = Args::try_parse_from(&argv).expect_err("refused");
+        usage_line(&err, &argv)
+    }
+
+    #[test]
+    fn booleans_take_the_usual_spellings() {
+        for yes in ["true", "TRUE", "1", "yes", "Yes", "on", "ON"] {
+            assert_eq!(parse_bool(yes), Ok(true), "{yes}");
+        }
+        for no in ["false", "False", "0", "no", "NO", "off", "Off", ""] {
+            assert_eq!(parse_bool(no), Ok(false), "{no}");
+        }
+        for bad in ["maybe", "2", "y", "enable"] {
+            assert!(parse_bool(bad).is_err(), "{bad}");
+        }
+        assert!(args(&["--info"]).unwrap().info);
+        assert!(!args(&[]).unwrap().info);
+    }
+
+    #[test]
+    fn sizes_take_bytes_or_si_or_binary_units() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("7B"), Ok(7));
+        assert_eq!(parse_size("512KB"), Ok(512_000));
+        assert_eq!(parse_size("1kib"), Ok(1024));
+        assert_eq!(parse_size("6MiB"), Ok(6 * 1024 * 1024));
+        assert_eq!(parse_size("6 MB"), Ok(6_000_000));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        for bad in ["", "MiB", "6XB", "1.5MB", "-1", "6 M", "0x10"] {
+            assert!(
+                parse_size(bad).unwrap_err().starts_with("expected bytes"),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_size("99999999999GiB"), Err("too large".into()));
+        assert_eq!(args(&[]).unwrap().max_body_size, 6 * 1024 * 1024);
+    }
+
+    #[test]
+    fn durations_are_bounded_and_timeouts_not_zero() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1y"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("2y"), Err("too long: at most 1 year".into()));
+        assert_eq!(
+            parse_duration("99999999999999999999y"),
+            Err("too long: at most 1 year".into())
+        );
+        assert_eq!(parse_duration("soon"), Err(DURATION_EXAMPLES.into()));
+        assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
+        assert_eq!(parse_timeout("1ms"), Ok(Duration::from_millis(1)));
+        for zero in ["0", "0s", "0ms"] {
+            assert_eq!(parse_timeout(zero), Err("must be more than 0".into()));
+        }
+        assert_eq!(parse_at_least_one("0"), Err("must be at least 1".into()));
+        assert_eq!(parse_at_least_one("3"), Ok(3));
+    }
+
+    #[test]
+    fn which_zeros_are_refused() {
+        for flag in [
+            "--tls-handshake-timeout",
+            "--queue-timeout",
+            "--idle-timeout",
+            "--stop-timeout",
+        ] {
+            let line = error_line(&["--plugin", "x", flag, "0s"]);
+            assert!(line.ends_with("': must be more than 0"), "{line}");
+        }
+        let zero_ok = args(&[
+            "--shutdown-timeout",
+            "0",
+            "--max-queue",
+            "0",
+            "--threads",
+            "0",
+        ]);
+        let zero_ok = zero_ok.unwrap();
+        assert!(zero_ok.shutdown_timeout.is_zero());
+        assert_eq!(zero_ok.max_queue, 0);
+        assert!(args(&["--min-contexts", "0"]).is_ok());
+        assert!(args(&["--max-body-size", "0"]).is_ok());
+        assert!(args(&["--max-contexts", "0"]).is_err());
+    }
+
+    #[test]
+    fn listen_takes_a_port_an_address_or_a_host() {
+        let any = |port| Listen::Addr(SocketAddr::from(([0, 0, 0, 0], port)));
+        assert_eq!(Listen::parse("8080"), Ok(any(8080)));
+        assert_eq!(Listen::parse(":8080"), Ok(any(8080)));
+        assert_eq!(Listen::parse("0"), Ok(any(0)));
+        assert_eq!(
+            Listen::parse("127.0.0.1:80"),
+            Ok(Listen::Addr(SocketAddr::from(([127, 0, 0, 1], 80))))
+        );
+        assert_eq!(
+            Listen::parse("[::1]:8080"),
+            Ok(Listen::Addr("[::1]:8080".parse().unwrap()))
+        );
+        assert_eq!(
+            Listen::parse("localhost:8080"),
+            Ok(Listen::Host("localhost".into(), 8080))
+        );
+        assert_eq!(
+            Listen::parse("effe-1.svc.cluster.local:80"),
+            Ok(Listen::Host("effe-1.svc.cluster.local".into(), 80))
+        );
+        assert!(Listen::parse("localhost")
+            .unwrap_err()
+            .starts_with("no port"));
+        assert!(Listen::parse("::1:80")
+            .unwrap_err()
+            .contains("needs brackets"));
+        assert!(Listen::parse("host:99999")
+            .unwrap_err()
+            .contains("invalid port '99999'"));
+        assert!(Listen::parse(":http").unwrap_err().contains("invalid port"));
+        for bad in ["", "[::1]", "[::1:80", "a b:80", "/tmp/sock:80"] {
+            assert!(
+                Listen::parse(bad).unwrap_err().contains("expected PORT"),
+                "{bad}"
+            );
+        }
+        assert_eq!(args(&[]).unwrap().listen, any(8080));
+    }
+
+    #[test]
+    fn a_host_name_resolves_to_its_first_address() {
+        let addr = Listen::Host("localhost".into(), 8080).resolve().unwrap();
+        // From /etc/hosts: no DNS needed.
+        assert!(addr.ip().is_loopback() && addr.port() == 8080, "{addr}");
+    }
+
+    #[test]
+    fn clap_errors_are_one_line() {
+        assert_eq!(
+            error_line(&["--plugin", "x", "--queue-timeout", "soon"]),
+            "invalid value 'soon' for '--queue-timeout <DURATION>': expected a duration such as \
+             500ms, 2s, 1m"
+        );
+        assert_eq!(
+            error_line(&["--plugin", "x", "--thread", "2"]),
+            "unexpected argument '--thread' found (did you mean '--threads'?)"
+        );
+        assert_eq!(
+            error_line(&["--plugin", "x", "--call-mode", "inlin"]),
+            "invalid value 'inlin' for '--call-mode <MODE>': expected one of auto, inline, \
+             thread (did you mean 'inline'?)"
+        );
+        assert_eq!(
+            error_line(&["--plugin", "x", "--tls-key", "k.pem"]),
+            "the following required arguments were not provided: --tls-cert <PEM> (or set \
+             EFFE_TLS_CERT)"
+        );
+        for flags in [&["--plugin"][..], &["--plugin", "x", "--info=yes"], &["-x"]] {
+            let line = error_line(flags);
+            assert!(!line.contains('\n') && !line.starts_with("error"), "{line}");
+        }
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes_of_the_readme() {
+        let codes = |lines: &mut dyn Iterator<Item = &str>| -> Vec<u8> {
+            lines.filter_map(|l| l.parse().ok()).collect()
+        };
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("### Exit codes")
+            .nth(1)
+            .expect("README has an exit code table");
+        let in_readme = codes(
+            &mut table
+                .lines()
+                .take_while(|l| !l.starts_with("##"))
+                .filter_map(|l| l.strip_prefix("| ")?.split(" |").next()),
+        );
+        let in_help = codes(
+            &mut AFTER_HELP
+                .split("Exit codes:")
+                .nth(1)
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.split_whitespace().next()),
+        );
+        let all: Vec<u8> = (0..=16).collect();
+        assert_eq!(in_readme, all);
+        assert_eq!(in_help, all);
     }
 }

@@ -20,8 +20,9 @@ pub enum Fatal {
     /// The effe's Init failed or panicked.
     #[error("effe {0}: init {1}")]
     Init(String, String),
-    /// A Start at boot (for --min-contexts) failed.
-    #[error("effe {0}: start of the minimum Contexts failed: {1}")]
+    /// A Start at boot (for --min-contexts) failed. The reason says how (`failed: …`,
+    /// `panicked: …`: see [`crate::plugin::Failure`]).
+    #[error("effe {0}: a start for --min-contexts {1}")]
     BootStart(String, String),
     /// The listener could not be set up.
     #[error("cannot listen on {0}: {1}")]

@@ -15,17 +15,23 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 
+use std::time::Instant;
+
 use crate::cli::CallMode;
 use crate::log::RunLog;
+use crate::metrics::{Conn, Metrics, Proto, Shard, Unavailable};
 use crate::plugin::{Call, Context, Failure, Plugin};
 use crate::pool::{AcquireError, Lease, Manager, Pool};
 
-/// The pool's view of the effe: Start and Stop, with failures logged.
-pub struct Effes(Plugin);
+/// The pool's view of the effe: Start and Stop, counted, with failures logged.
+pub struct Effes {
+    plugin: Plugin,
+    metrics: Arc<Metrics>,
+}
 
 impl Effes {
-    pub fn new(plugin: Plugin) -> Self {
-        Effes(plugin)
+    pub fn new(plugin: Plugin, metrics: Arc<Metrics>) -> Self {
+        Effes { plugin, metrics }
     }
 }
 
@@ -33,12 +39,17 @@ impl Manager for Effes {
     type Context = Context;
 
     fn start(&self) -> Result<Context, String> {
-        self.0.start().map_err(|f| f.to_string())
+        let began = Instant::now();
+        let started = self.plugin.start();
+        self.metrics.started(began.elapsed(), started.is_ok());
+        started.map_err(|f| f.to_string())
     }
 
     fn stop(&self, ctx: Context) {
-        if let Err(f) = self.0.stop(ctx) {
-            tracing::error!(effe = self.0.info().name, "stop {f}");
+        let stopped = self.plugin.stop(ctx);
+        self.metrics.stopped();
+        if let Err(f) = stopped {
+            tracing::error!(effe = self.plugin.info().name, "stop {f}");
         }
     }
 }
@@ -51,6 +62,7 @@ pub(crate) struct App {
     pub(crate) max_body_size: usize,
     pub(crate) run_log: Arc<RunLog>,
     pub(crate) ids: RequestIds,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 type Body = Full<Bytes>;
@@ -149,8 +161,14 @@ fn internal_error(request_id: &str) -> Response<Body> {
 
 #[cold]
 #[inline(never)]
-fn unavailable(err: &AcquireError) -> Response<Body> {
+fn unavailable(err: &AcquireError, metrics: &Metrics) -> Response<Body> {
     tracing::debug!(error = %err, "503");
+    metrics.unavailable(match err {
+        AcquireError::QueueFull => Unavailable::QueueFull,
+        AcquireError::QueueTimeout => Unavailable::QueueTimeout,
+        AcquireError::StartFailed(_) => Unavailable::StartFailed,
+        AcquireError::Closed => Unavailable::ShuttingDown,
+    });
     let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE);
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -162,6 +180,9 @@ fn unavailable(err: &AcquireError) -> Response<Body> {
 pub(crate) struct ConnService {
     pub(crate) app: Arc<App>,
     pub(crate) peer: Arc<str>,
+    /// The network thread's metrics shard.
+    pub(crate) shard: usize,
+    pub(crate) conn: Arc<ConnGauge>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -170,7 +191,71 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Reply;
 
     fn call(&self, req: Request<Incoming>) -> Reply {
-        self.app.serve(req, &self.peer)
+        self.conn.first_request(req.version());
+        self.app.serve(req, &self.peer, self.shard)
+    }
+}
+
+/// Counts one connection in the open-connections gauge, from its first request (when its
+/// protocol is known, even on cleartext where HTTP/2 is sniffed) until it is dropped.
+pub(crate) struct ConnGauge {
+    metrics: Arc<Metrics>,
+    tls: bool,
+    counted: std::sync::OnceLock<Conn>,
+}
+
+impl ConnGauge {
+    pub(crate) fn new(metrics: Arc<Metrics>, tls: bool) -> Arc<ConnGauge> {
+        Arc::new(ConnGauge {
+            metrics,
+            tls,
+            counted: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn first_request(&self, version: http::Version) {
+        if self.counted.get().is_none() {
+            self.count(version);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn count(&self, version: http::Version) {
+        let conn = match (Proto::of(version), self.tls) {
+            (Proto::Http1, false) => Conn::Http1,
+            (Proto::Http2, false) => Conn::Http2,
+            (Proto::Http1, true) => Conn::Http1Tls,
+            (Proto::Http2, true) => Conn::Http2Tls,
+        };
+        if self.counted.set(conn).is_ok() {
+            self.metrics.connection(conn, 1);
+        }
+    }
+}
+
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        if let Some(conn) = self.counted.get() {
+            self.metrics.connection(*conn, -1);
+        }
+    }
+}
+
+/// A general-path request in flight: counted while it lives, whether it completes or its
+/// client goes away.
+struct InFlight<'a>(&'a Shard);
+
+impl<'a> InFlight<'a> {
+    fn new(shard: &'a Shard) -> Self {
+        shard.in_flight(1);
+        InFlight(shard)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight(-1);
     }
 }
 
@@ -193,17 +278,49 @@ impl Future for Reply {
 }
 
 impl App {
-    fn serve(self: &Arc<Self>, req: Request<Incoming>, peer: &Arc<str>) -> Reply {
+    fn serve(self: &Arc<Self>, req: Request<Incoming>, peer: &Arc<str>, shard: usize) -> Reply {
+        let began = Instant::now();
         if self.call_mode == CallMode::Inline && req.body().is_end_stream() {
             if let Some(mut lease) = self.pool.try_idle() {
                 let (parts, _) = req.into_parts();
-                return Reply::Ready(Some(self.invoke(&mut lease, &parts, &Bytes::new(), peer)));
+                let resp = self.invoke(&mut lease, &parts, &Bytes::new(), peer);
+                let shard = self.metrics.shard(shard);
+                shard.request(Proto::of(parts.version), resp.status(), began.elapsed());
+                return Reply::Ready(Some(resp));
             }
         }
-        Reply::Later(Box::pin(self.clone().handle(req, peer.clone())))
+        Reply::Later(Box::pin(self.clone().handle(
+            req,
+            peer.clone(),
+            shard,
+            began,
+        )))
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<str>) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Arc<str>,
+        shard: usize,
+        began: Instant,
+    ) -> Response<Body> {
+        let proto = Proto::of(req.version());
+        let resp = {
+            let shard = self.metrics.shard(shard);
+            let _in_flight = InFlight::new(shard);
+            self.respond(req, peer, shard).await
+        };
+        let shard = self.metrics.shard(shard);
+        shard.request(proto, resp.status(), began.elapsed());
+        resp
+    }
+
+    async fn respond(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: Arc<str>,
+        shard: &Shard,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let body = if body.is_end_stream() {
             // GETs and the like: skip the collect machinery.
@@ -214,9 +331,12 @@ impl App {
                 Err(resp) => return resp,
             }
         };
-        let mut lease = match self.pool.acquire().await {
+        let waiting = Instant::now();
+        let acquired = self.pool.acquire().await;
+        shard.waited(waiting.elapsed());
+        let mut lease = match acquired {
             Ok(lease) => lease,
-            Err(e) => return unavailable(&e),
+            Err(e) => return unavailable(&e, &self.metrics),
         };
         match self.call_mode {
             CallMode::Inline => self.invoke(&mut lease, &parts, &body, &peer),
@@ -296,6 +416,7 @@ impl App {
         out: ResponseBuffer,
     ) -> Response<Body> {
         self.run_log.run_failed(request_id, &failure);
+        self.metrics.run_failed(failure.panicked);
         if failure.panicked {
             lease.retire();
             internal_error(request_id)

@@ -5,11 +5,13 @@
 //! `error.rs` and the README). The binary is `main.rs`; the library exists so that the
 //! benchmarks can drive the pool and the ABI call without the network.
 
+pub mod admin;
 pub mod cli;
 pub mod drain;
 pub mod error;
 pub mod invoke;
 pub mod log;
+pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod server;
@@ -25,15 +27,23 @@ use crate::plugin::Plugin;
 
 /// The whole program; returns the process exit code.
 pub fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let argv: Vec<_> = std::env::args_os().collect();
+    let args = match cli::Args::try_parse_from(&argv) {
+        Ok(args) => args,
+        // --help and --version: printed to stdout as clap does, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => return refuse(Fatal::Usage(cli::usage_line(&e, &argv))),
+    };
     log::init_tracing();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(fatal) => {
-            eprintln!("effe-host: {fatal}");
-            fatal.exit_code()
-        }
+        Err(fatal) => refuse(fatal),
     }
+}
+
+fn refuse(fatal: Fatal) -> ExitCode {
+    eprintln!("effe-host: {fatal}");
+    fatal.exit_code()
 }
 
 fn run(args: cli::Args) -> Result<(), Fatal> {
@@ -56,9 +66,11 @@ fn run(args: cli::Args) -> Result<(), Fatal> {
         let _entered = runtime.enter();
         server::Signals::install()?
     };
+    let began = std::time::Instant::now();
     plugin
         .init()
         .map_err(|f| Fatal::Init(info.name.to_owned(), f.to_string()))?;
+    let init_took = began.elapsed();
 
-    server::run(runtime, config, plugin, tls, signals)
+    server::run(runtime, config, plugin, tls, signals, init_took)
 }

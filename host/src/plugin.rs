@@ -53,7 +53,8 @@ impl Info {
 #[derive(Debug)]
 pub struct Context(RawContext);
 
-/// An entry point's failure.
+/// An entry point's failure. Displayed as `failed: …` or `panicked: …`, to follow the entry
+/// point's name (`init failed: …`): a message around it must not say "failed" again.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub panicked: bool,
@@ -118,13 +119,16 @@ fn one_line(text: &str) -> String {
 
 fn classify(err: &LibraryError) -> (LoadFailure, String) {
     match err {
-        LibraryError::OpenError { err, .. } => (
-            LoadFailure::NotALibrary,
-            format!(
-                "not a loadable shared library: {}",
-                one_line(&err.to_string())
-            ),
-        ),
+        LibraryError::OpenError { err, path } => {
+            // dlerror starts with the path it was given, which the refusal names already.
+            let why = err.to_string();
+            let prefix = format!("{}: ", path.display());
+            let why = why.strip_prefix(&prefix).unwrap_or(&why);
+            (
+                LoadFailure::NotALibrary,
+                format!("not a loadable shared library: {}", one_line(why)),
+            )
+        }
         LibraryError::GetSymbolError { .. } => (
             LoadFailure::NoRootModule,
             "no effe root module in this library (is it built with effe_abi::export_effe!?)"

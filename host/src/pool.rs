@@ -74,6 +74,31 @@ pub enum AcquireError {
     Closed,
 }
 
+/// The pool's state at one moment, for metrics and readiness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Started or starting, not yet stopping.
+    pub live: usize,
+    pub idle: usize,
+    pub starting: usize,
+    pub stopping: usize,
+    /// Busy with a Run that overran its deadline (among `live`, not idle, not starting).
+    pub quarantined: usize,
+    /// Requests queued for a Context.
+    pub waiting: usize,
+    /// Inside a backoff window after failed Starts.
+    pub backing_off: bool,
+    pub closed: bool,
+}
+
+impl PoolStats {
+    /// Contexts lent to a request (or granted to one, on the way to it), quarantined ones not
+    /// included.
+    pub fn busy(&self) -> usize {
+        self.live - self.idle - self.starting - self.quarantined
+    }
+}
+
 /// What [`Pool::close`] could not stop by its deadline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Unstopped {
@@ -119,6 +144,8 @@ struct State<C> {
     live: usize,
     starting: usize,
     stopping: usize,
+    /// Lent to a Run that overran its deadline: never reused, stopped when the Run returns.
+    quarantined: usize,
     waiters: VecDeque<oneshot::Sender<Grant<C>>>,
     backoff: Duration,
     backoff_until: Option<Instant>,
@@ -158,6 +185,7 @@ pub struct Lease<M: Manager> {
     ctx: Option<M::Context>,
     pool: Arc<Inner<M>>,
     retire: bool,
+    quarantined: bool,
 }
 
 impl<M: Manager> Lease<M> {
@@ -172,11 +200,21 @@ impl<M: Manager> Lease<M> {
     pub fn retire(&mut self) {
         self.retire = true;
     }
+
+    /// Its request gave up on its Run (the deadline passed) and [`Pool::quarantine_begun`] was
+    /// called: when this lease ends, the Context is stopped and leaves the quarantine.
+    pub fn end_quarantine(&mut self) {
+        self.retire = true;
+        self.quarantined = true;
+    }
 }
 
 impl<M: Manager> Drop for Lease<M> {
     fn drop(&mut self) {
         if let Some(ctx) = self.ctx.take() {
+            if self.quarantined {
+                self.pool.lock().quarantined -= 1;
+            }
             self.pool.release(ctx, !self.retire);
         }
     }
@@ -212,6 +250,7 @@ impl<M: Manager> Pool<M> {
                     live: 0,
                     starting: 0,
                     stopping: 0,
+                    quarantined: 0,
                     waiters: VecDeque::new(),
                     backoff: Duration::ZERO,
                     backoff_until: None,
@@ -332,6 +371,27 @@ impl<M: Manager> Pool<M> {
         }
     }
 
+    /// The state now (takes the lock: for scrapes and probes, not for the request path).
+    pub fn stats(&self) -> PoolStats {
+        let st = self.inner.lock();
+        PoolStats {
+            live: st.live,
+            idle: st.idle.len(),
+            starting: st.starting,
+            stopping: st.stopping,
+            quarantined: st.quarantined,
+            waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
+            backing_off: st.backing_off(),
+            closed: st.closed,
+        }
+    }
+
+    /// A request gave up on the Run of one of its Contexts (its deadline passed): that Context
+    /// is quarantined until its lease calls [`Lease::end_quarantine`] and ends.
+    pub fn quarantine_begun(&self) {
+        self.inner.lock().quarantined += 1;
+    }
+
     /// (live, idle) Contexts, for logs and tests.
     #[cfg(test)]
     fn counts(&self) -> (usize, usize) {
@@ -390,6 +450,7 @@ impl<M: Manager> Inner<M> {
             ctx: Some(ctx),
             pool: self.clone(),
             retire: false,
+            quarantined: false,
         }
     }
 
@@ -1009,5 +1070,23 @@ mod tests {
         m.start_gate.open();
         m.stop_gate.open();
         drop(in_run);
+    }
+
+    #[tokio::test]
+    async fn a_quarantined_context_keeps_its_slot_until_its_run_returns_then_stops() {
+        let (pool, m) = pool(0, 1, 50);
+        let mut lease = pool.acquire().await.unwrap();
+        pool.quarantine_begun();
+        let stats = pool.stats();
+        assert_eq!((stats.live, stats.quarantined, stats.busy()), (1, 1, 0));
+        // Its slot is taken: nobody else gets a Context meanwhile.
+        assert_eq!(pool.acquire().await.err(), Some(AcquireError::QueueTimeout));
+        // The Run returns: the Context is stopped, never reused, and the slot is free.
+        lease.end_quarantine();
+        drop(lease);
+        assert_eq!(pool.close(far(), GRACE).await, Unstopped::default());
+        assert_eq!(m.stopped.load(Ordering::SeqCst), 1);
+        let stats = pool.stats();
+        assert_eq!((stats.live, stats.quarantined), (0, 0));
     }
 }

@@ -13,11 +13,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
+use crate::admin::{self, Health};
 use crate::cli::{CallMode, Config};
 use crate::drain::Drain;
 use crate::error::Fatal;
-use crate::invoke::{App, ConnService, Effes, RequestIds};
+use crate::invoke::{App, ConnGauge, ConnService, Effes, RequestIds};
 use crate::log::RunLog;
+use crate::metrics::{Build, Metrics};
 use crate::plugin::Plugin;
 use crate::pool::Pool;
 use crate::tls::Tls;
@@ -93,8 +95,9 @@ pub fn run(
     plugin: Plugin,
     tls: Option<Tls>,
     signals: Signals,
+    init_took: Duration,
 ) -> Result<(), Fatal> {
-    let result = runtime.block_on(serve(config, plugin, tls, signals));
+    let result = runtime.block_on(serve(config, plugin, tls, signals, init_took));
     // Whatever is still running now (a Run, Start or Stop past its deadline, reported above)
     // must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -106,18 +109,34 @@ async fn serve(
     plugin: Plugin,
     tls: Option<Tls>,
     signals: Signals,
+    init_took: Duration,
 ) -> Result<(), Fatal> {
     let info = plugin.info();
     let Signals { term, int, hup } = signals;
     let tls = tls.map(Arc::new);
     tokio::spawn(reload_on_sighup(hup, tls.clone()));
 
+    let metrics = Arc::new(Metrics::new(
+        config.threads,
+        Build {
+            effe: info.name,
+            effe_version: info.version,
+            effe_abi: info.abi_version,
+        },
+    ));
+    metrics.init_took(init_took);
+    let health = Arc::new(Health::new(config.threads));
     // The pool's own tasks (backoff timers, maintenance) live on this, the main, runtime.
     let pool = Pool::new(
-        Effes::new(plugin),
+        Effes::new(plugin, metrics.clone()),
         config.pool.clone(),
         tokio::runtime::Handle::current(),
     );
+    // Up before the minimum Contexts start, so that probes read "starting", not a refusal.
+    let admin = match config.admin_listen {
+        None => None,
+        Some(addr) => Some(start_admin(addr, &health, &metrics, &pool).await?),
+    };
     let run_log = Arc::new(RunLog::connect(config.syslog.clone(), info.name));
     let filler = pool.clone();
     let served = match tokio::task::spawn_blocking(move || filler.fill())
@@ -125,7 +144,16 @@ async fn serve(
         .unwrap_or_else(|e| Err(e.to_string()))
     {
         Err(e) => Err(Fatal::BootStart(info.name.to_owned(), e)),
-        Ok(()) => listen_and_serve(&config, plugin, &pool, &run_log, tls, (term, int)).await,
+        Ok(()) => {
+            let shared = Shared {
+                pool: &pool,
+                run_log: &run_log,
+                metrics: &metrics,
+                health: &health,
+                admin,
+            };
+            listen_and_serve(&config, plugin, shared, tls, (term, int)).await
+        }
     };
     // However serving ended, every Context that started is stopped before the host exits.
     let drain_deadline = *served.as_ref().unwrap_or(&Instant::now());
@@ -147,16 +175,53 @@ async fn serve(
     }
 }
 
+/// Binds the admin listener and serves it on this runtime until the process ends.
+async fn start_admin(
+    addr: SocketAddr,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    pool: &Pool<Effes>,
+) -> Result<SocketAddr, Fatal> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fatal::Listen(addr, e))?;
+    let bound = listener.local_addr().map_err(|e| Fatal::Listen(addr, e))?;
+    let (scraped, probed) = (pool.clone(), pool.clone());
+    let state = Arc::new(admin::Admin {
+        health: health.clone(),
+        registry: crate::metrics::registry(metrics.clone(), move || scraped.stats()),
+        pool: Box::new(move || probed.stats()),
+    });
+    tokio::spawn(admin::serve(listener, state));
+    Ok(bound)
+}
+
+/// What serving shares with the rest of the host.
+struct Shared<'a> {
+    pool: &'a Pool<Effes>,
+    run_log: &'a Arc<RunLog>,
+    metrics: &'a Arc<Metrics>,
+    health: &'a Arc<Health>,
+    /// Where the admin listener listens, if on.
+    admin: Option<SocketAddr>,
+}
+
 /// Binds, serves until SIGTERM/SIGINT, then drains the connections of every network thread.
 /// Returns the drain deadline.
 async fn listen_and_serve(
     config: &Config,
     plugin: Plugin,
-    pool: &Pool<Effes>,
-    run_log: &Arc<RunLog>,
+    shared: Shared<'_>,
     tls: Option<Arc<Tls>>,
     (mut sigterm, mut sigint): (Signal, Signal),
 ) -> Result<Instant, Fatal> {
+    let Shared {
+        pool,
+        run_log,
+        metrics,
+        health,
+        admin,
+    } = shared;
     let info = plugin.info();
     let call_mode = config.call_mode.unwrap_or(if info.nonblocking {
         CallMode::Inline
@@ -174,6 +239,7 @@ async fn listen_and_serve(
         max_body_size: config.max_body_size,
         run_log: run_log.clone(),
         ids: RequestIds::new(),
+        metrics: metrics.clone(),
     });
     tokio::spawn(pool.clone().maintain());
 
@@ -185,11 +251,16 @@ async fn listen_and_serve(
     for (i, listener) in listeners.enumerate() {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let (app, tls, stop) = (app.clone(), tls.clone(), stop_rx.clone());
+        let health = health.clone();
         let started = runtime(config).and_then(|thread_runtime| {
             std::thread::Builder::new()
                 .name(format!("effe-net-{}", i + 1))
                 .spawn(move || {
-                    thread_runtime.block_on(network_thread(listener, app, tls, stop));
+                    let me = Thread {
+                        index: i + 1,
+                        health,
+                    };
+                    thread_runtime.block_on(network_thread(me, listener, app, tls, stop));
                     thread_runtime.shutdown_timeout(Duration::from_millis(100));
                     let _ = done_tx.send(());
                 })
@@ -205,7 +276,11 @@ async fn listen_and_serve(
         }
         others.push(done_rx);
     }
-    let main_thread = tokio::spawn(network_thread(main_listener, app, tls.clone(), stop_rx));
+    let me = Thread {
+        index: 0,
+        health: health.clone(),
+    };
+    let main_thread = tokio::spawn(network_thread(me, main_listener, app, tls.clone(), stop_rx));
     tracing::info!(
         %addr,
         tls = tls.as_ref().map_or("off".to_owned(), |t| t.describe()),
@@ -215,14 +290,17 @@ async fn listen_and_serve(
         threads = config.threads,
         min_contexts = config.pool.min,
         max_contexts = config.pool.max,
+        admin = %admin.map_or("off".to_owned(), |a| a.to_string()),
         "listening"
     );
+    health.booted();
 
     let signal_name = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
     let deadline = Instant::now() + config.shutdown_timeout;
+    health.draining();
     tracing::info!(
         signal = signal_name,
         "shutting down: draining in-flight requests"
@@ -237,12 +315,29 @@ async fn listen_and_serve(
 
 /// One network thread: accepts on its own listener until the shutdown deadline is set, then
 /// lets its connections finish their in-flight requests (until the deadline).
+/// A network thread's place in the host.
+struct Thread {
+    /// 0 for the main thread; also its metrics shard.
+    index: usize,
+    health: Arc<Health>,
+}
+
 async fn network_thread(
+    me: Thread,
     listener: std::net::TcpListener,
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
     mut stop: watch::Receiver<Option<Instant>>,
 ) {
+    // Liveness: this thread's runtime still runs tasks.
+    let Thread { index, health } = me;
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(admin::BEAT);
+        loop {
+            beat.tick().await;
+            health.beat(index);
+        }
+    });
     let listener = match listener
         .set_nonblocking(true)
         .and_then(|()| TcpListener::from_std(listener))
@@ -256,7 +351,7 @@ async fn network_thread(
     let stopped = async {
         let _ = stop.wait_for(Option::is_some).await;
     };
-    let drain = accept_loop(listener, app, tls, stopped).await;
+    let drain = accept_loop(listener, app, tls, index, stopped).await;
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
     if tokio::time::timeout_at(deadline.into(), drain.shutdown())
         .await
@@ -324,6 +419,7 @@ async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
+    thread: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Arc<Drain> {
     let builders = Builders::new();
@@ -348,7 +444,10 @@ async fn accept_loop(
         let service = ConnService {
             app: app.clone(),
             peer,
+            shard: thread,
+            conn: ConnGauge::new(app.metrics.clone(), tls.is_some()),
         };
+        let metrics = app.metrics.clone();
         let admitted = drain.admit();
         let builders = builders.clone();
         let tls = tls.clone();
@@ -369,10 +468,12 @@ async fn accept_loop(
                             Ok(Ok(stream)) => stream,
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "TLS handshake failed");
+                                metrics.tls_handshake_failed();
                                 return;
                             }
                             Err(_) => {
                                 tracing::debug!("TLS handshake timed out");
+                                metrics.tls_handshake_failed();
                                 return;
                             }
                         };
@@ -381,8 +482,14 @@ async fn accept_loop(
                     if admitted.stopping() {
                         // Accepted before the signal, handshake done during the drain. Boxed:
                         // rare, and it would otherwise make every connection's task larger.
-                        Box::pin(serve_late(builders, io, service, h2, tls.handshake_timeout()))
-                            .await
+                        Box::pin(serve_late(
+                            builders,
+                            io,
+                            service,
+                            h2,
+                            tls.handshake_timeout(),
+                        ))
+                        .await
                     } else if h2 {
                         let conn = builders.http2.serve_connection(io, service);
                         admitted.watch(conn).await.map_err(Into::into)

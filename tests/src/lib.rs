@@ -118,6 +118,7 @@ impl HostCmd {
             .arg(path)
             // Through the environment, so that tests can still pass the flags.
             .env("EFFE_LISTEN", "127.0.0.1:0")
+            .env("EFFE_ADMIN_LISTEN", "127.0.0.1:0")
             .env("EFFE_SYSLOG", "off")
             .env("EFFE_LOG", "info")
             .env_remove("RUST_LOG")
@@ -189,6 +190,7 @@ impl HostCmd {
             child,
             stderr,
             addr: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
             dir: self.dir,
         }
     }
@@ -217,6 +219,8 @@ pub struct Host {
     child: Child,
     stderr: Arc<(Mutex<String>, Condvar)>,
     pub addr: SocketAddr,
+    /// The admin listener, when on.
+    pub admin: Option<SocketAddr>,
     pub dir: TempDir,
 }
 
@@ -230,6 +234,18 @@ impl Host {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("effe-host did not start:\n{line}"));
+        self.admin = line
+            .split("listening addr=")
+            .nth(1)
+            .and_then(|rest| rest.split(" admin=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+    }
+
+    /// `GET path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let admin = self.admin.expect("the admin listener is on");
+        send(admin, Proto::Http1, get(path)).await
     }
 
     /// The host's process id.
@@ -271,13 +287,18 @@ impl Host {
         }
     }
 
-    /// Sends `signal` (`HUP`, `TERM`, …) to this host's PID only.
+    /// Sends `signal` (`HUP`, `TERM`, `INT`, `KILL`) to this host's PID only. With kill(2)
+    /// itself: a machine without procps has no `kill` program (a shell's is a builtin).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        use rustix::process::{kill_process, Pid, Signal};
+        let signal = match signal {
+            "HUP" => Signal::HUP,
+            "TERM" => Signal::TERM,
+            "INT" => Signal::INT,
+            "KILL" => Signal::KILL,
+            other => panic!("no such signal in the harness: {other}"),
+        };
+        kill_process(Pid::from_child(&self.child), signal).expect("kill");
     }
 
     /// SIGTERM, then wait.

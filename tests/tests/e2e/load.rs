@@ -1,9 +1,11 @@
-//! Refusing to start: each load failure with its exit code and one-line message; `--info`.
+//! Refusing to start: each load failure and usage error with its exit code and one-line
+//! message; what the flags accept; `--info`, `--help`.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 
-use effe_tests::{plugin_in, Finished, HostCmd};
+use effe_tests::{plugin_in, send, Finished, HostCmd, Proto, PATIENCE};
 
 /// The host's own error: exactly one line, `effe-host: …`, last on stderr.
 fn one_line_error(out: &Finished) -> String {
@@ -50,7 +52,14 @@ fn not_a_shared_library() {
     fs::write(&path, "this is not ELF\n").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     let cmd = HostCmd::with_path(&path, dir);
-    refused(cmd, 4, &["libtext.so", "not a loadable shared library"]);
+    let line = refused(cmd, 4, &["libtext.so", "not a loadable shared library: "]);
+    // The loader's own message names the file too: the line names it once.
+    assert_eq!(line.matches("libtext.so").count(), 1, "{line}");
+    assert!(line.starts_with(&format!(
+        "effe-host: cannot load plugin {}: not a loadable shared library: ",
+        path.display()
+    )));
+    assert!(!line.contains("/proc/self/fd"), "{line}");
 }
 
 #[test]
@@ -209,15 +218,17 @@ fn init_failure_or_panic_exits_before_serving() {
 
 #[test]
 fn start_failure_at_boot_exits() {
-    let cmd = HostCmd::new("fixture-lifecycle").env("FIXTURE_START", "error");
-    refused(
-        cmd,
-        9,
-        &[
-            "start of the minimum Contexts failed",
-            "fixture start error",
-        ],
-    );
+    for (how, message) in [
+        ("error", "failed: fixture start error"),
+        ("panic", "panicked: fixture start panic"),
+    ] {
+        let cmd = HostCmd::new("fixture-lifecycle").env("FIXTURE_START", how);
+        let line = refused(cmd, 9, &[message]);
+        assert_eq!(
+            line,
+            format!("effe-host: effe fixture-lifecycle: a start for --min-contexts {message}")
+        );
+    }
 }
 
 #[test]
@@ -251,10 +262,220 @@ fn usage_errors_exit_2() {
         2,
         &["--min-contexts (5) is larger than --max-contexts (2)"],
     );
+}
+
+/// A refusal with exit 2 whose one line is exactly `line`.
+fn usage_error(cmd: HostCmd, line: &str) {
+    assert_eq!(refused(cmd, 2, &[]), line);
+}
+
+#[test]
+fn clap_errors_are_one_line_with_exit_2() {
+    usage_error(
+        HostCmd::new("hello").args(["--thread", "2"]),
+        "effe-host: unexpected argument '--thread' found (did you mean '--threads'?)",
+    );
+    usage_error(
+        HostCmd::new("hello").args(["--queue-timeout", "soon"]),
+        "effe-host: invalid value 'soon' for '--queue-timeout <DURATION>': expected a duration \
+         such as 500ms, 2s, 1m",
+    );
+    usage_error(
+        HostCmd::new("hello").env("EFFE_CALL_MODE", "inlin"),
+        "effe-host: invalid value 'inlin' for '--call-mode <MODE>': expected one of auto, \
+         inline, thread (did you mean 'inline'?) (from EFFE_CALL_MODE)",
+    );
+    usage_error(
+        HostCmd::new("hello").args(["--tls-key", "key.pem"]),
+        "effe-host: the following required arguments were not provided: --tls-cert <PEM> (or \
+         set EFFE_TLS_CERT)",
+    );
+    let out = without_plugin(&[]);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert_eq!(
+        one_line_error(&out),
+        "effe-host: the following required arguments were not provided: --plugin <PATH> (or \
+         set EFFE_PLUGIN)"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn help_and_version_still_print_and_exit_0() {
+    let out = without_plugin(&["--help"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    for needle in [
+        "Usage: effe-host",
+        "EFFE_LOG",
+        "yes/no",
+        "KiB",
+        "Exit codes:",
+        "   2  usage error",
+        "  16  shutdown incomplete",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "no {needle:?} in\n{}",
+            out.stdout
+        );
+    }
+    let out = without_plugin(&["--version"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.starts_with("effe-host "), "{}", out.stdout);
+}
+
+/// effe-host with only `args` (no `--plugin`, no `EFFE_PLUGIN`), bounded by [`PATIENCE`].
+fn without_plugin(args: &[&str]) -> Finished {
+    let child = std::process::Command::new(effe_tests::host_bin())
+        .args(args)
+        .env_remove("EFFE_PLUGIN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn effe-host");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("effe-host (pid {pid}) did not exit within {PATIENCE:?}"))
+        .expect("effe-host output");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn booleans_take_the_usual_spellings() {
+    for value in ["true", "1", "yes", "YES", "on", "On"] {
+        let out = HostCmd::new("hello").env("EFFE_INFO", value).run();
+        assert_eq!(out.code(), Some(0), "EFFE_INFO={value}: {}", out.stderr);
+        let info: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        assert_eq!(info["name"], "hello");
+    }
+    usage_error(
+        HostCmd::new("hello").env("EFFE_INFO", "maybe"),
+        "effe-host: invalid value 'maybe' for '--info': expected true/false, 1/0, yes/no or \
+         on/off (from EFFE_INFO)",
+    );
+    // A false one is false: the insecure plugin is refused.
+    for (value, code) in [("no", 7), ("yes", 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = plugin_in(dir.path(), "hello");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let out = HostCmd::with_path(&path, dir)
+            .env("EFFE_ALLOW_INSECURE_PLUGIN", value)
+            .env("EFFE_INFO", "1")
+            .run();
+        assert_eq!(out.code(), Some(code), "{value}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn zero_timeouts_are_refused() {
+    for flag in [
+        "--tls-handshake-timeout",
+        "--queue-timeout",
+        "--idle-timeout",
+        "--stop-timeout",
+    ] {
+        usage_error(
+            HostCmd::new("hello").args([flag, "0s"]),
+            &format!("effe-host: invalid value '0s' for '{flag} <DURATION>': must be more than 0"),
+        );
+    }
+    usage_error(
+        HostCmd::new("hello").env("EFFE_TLS_HANDSHAKE_TIMEOUT", "0ms"),
+        "effe-host: invalid value '0ms' for '--tls-handshake-timeout <DURATION>': must be more \
+         than 0 (from EFFE_TLS_HANDSHAKE_TIMEOUT)",
+    );
+    usage_error(
+        HostCmd::new("hello").args(["--shutdown-timeout", "2y"]),
+        "effe-host: invalid value '2y' for '--shutdown-timeout <DURATION>': too long: at most 1 \
+         year",
+    );
+    usage_error(
+        HostCmd::new("hello").args(["--max-contexts", "0"]),
+        "effe-host: invalid value '0' for '--max-contexts <N>': must be at least 1",
+    );
+    // 0 means "do not wait" for the shutdown, "nobody waits for a busy Context" for the queue.
     let out = HostCmd::new("hello")
-        .args(["--queue-timeout", "soon"])
+        .args(["--shutdown-timeout", "0", "--max-queue", "0", "--info"])
         .run();
-    assert_eq!(out.code(), Some(2));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn sizes_without_a_known_unit_are_refused() {
+    usage_error(
+        HostCmd::new("hello").args(["--max-body-size", "6XB"]),
+        "effe-host: invalid value '6XB' for '--max-body-size <SIZE>': expected bytes, or a \
+         number with B, KB, MB, GB, KiB, MiB or GiB (e.g. 6MiB)",
+    );
+    let out = HostCmd::new("hello")
+        .args(["--max-body-size", "6MiB", "--info"])
+        .run();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}
+
+/// A port that was free a moment ago (bound, then released).
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_takes_a_bare_port_or_colon_port() {
+    for form in ["", ":"] {
+        let port = free_port();
+        let host = HostCmd::new("hello")
+            .args(["--listen", &format!("{form}{port}")])
+            .spawn();
+        assert_eq!(
+            host.addr,
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            "{form}{port}"
+        );
+        let on_loopback = SocketAddr::from(([127, 0, 0, 1], port));
+        let reply = send(on_loopback, Proto::Http1, effe_tests::get("/")).await;
+        assert_eq!(reply.status, 200);
+        assert!(host.stop().0.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_resolves_a_host_name() {
+    let host = HostCmd::new("hello")
+        .args(["--listen", "localhost:0"])
+        .spawn();
+    assert!(host.addr.ip().is_loopback(), "{}", host.addr);
+    assert_ne!(host.addr.port(), 0);
+    assert_eq!(host.get("/").await.status, 200);
+    assert!(host.stop().0.success());
+}
+
+#[test]
+fn listen_addresses_that_are_not_one_are_refused() {
+    usage_error(
+        HostCmd::new("hello").args(["--listen", "localhost"]),
+        "effe-host: invalid value 'localhost' for '--listen <ADDR>': no port: expected PORT, \
+         :PORT, HOST:PORT or [IPv6]:PORT, such as 8080, :8080, localhost:8080, [::1]:8080",
+    );
+    usage_error(
+        HostCmd::new("hello").args(["--listen", "::1:8080"]),
+        "effe-host: invalid value '::1:8080' for '--listen <ADDR>': an IPv6 address needs \
+         brackets, such as [::1]:8080",
+    );
+    usage_error(
+        HostCmd::new("hello").args(["--listen", ":80800"]),
+        "effe-host: invalid value ':80800' for '--listen <ADDR>': invalid port '80800': expected \
+         0 to 65535",
+    );
 }
 
 #[test]

@@ -143,6 +143,22 @@ async fn body_over_the_limit_is_413_and_the_host_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_body_size_takes_a_unit() {
+    let host = HostCmd::new("echo")
+        .args(["--max-body-size", "1KiB"])
+        .spawn();
+    let post = |len: usize| {
+        http::Request::post("/")
+            .body(Full::new(Bytes::from(vec![7u8; len])))
+            .unwrap()
+    };
+    assert_eq!(send(host.addr, Proto::Http1, post(2048)).await.status, 413);
+    let reply = send(host.addr, Proto::Http1, post(1024)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["body_len"], 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_network_thread_serves_and_stops() {
     // Four listeners share the port (SO_REUSEPORT); the kernel spreads connections over them.
     // Called inline, Run runs on the network thread that holds the connection: the effe
