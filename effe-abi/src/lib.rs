@@ -125,7 +125,7 @@ pub use effe::Effe;
 pub use error::{EffeError, Error, ErrorKind};
 pub use ffi::{RawContext, ResponseSink, ResponseSink_TO};
 pub use module::{EffeInfo, EffeModule, EffeModuleRef, ABI_VERSION};
-pub use request::{Header, HttpVersion, Request, RequestParts};
+pub use request::{Header, HttpVersion, Request, RequestParts, DEADLINE_HEADER};
 pub use response::{
     ResponseBuffer, ResponseWriter, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEADER_BYTES,
 };

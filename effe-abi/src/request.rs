@@ -6,7 +6,14 @@
 use abi_stable::std_types::{RSlice, RStr};
 use abi_stable::StableAbi;
 
+use std::time::{Duration, SystemTime};
+
 use crate::Error;
+
+/// The header through which the host tells `run` its deadline: milliseconds since the Unix
+/// epoch, as Lambda's `Lambda-Runtime-Deadline-Ms`. The host sets it when it runs with a
+/// `--timeout`, and drops any the client sent. Read it with [`Request::deadline`].
+pub const DEADLINE_HEADER: &str = "effe-deadline-ms";
 
 /// The HTTP version the request arrived with.
 #[repr(u8)]
@@ -174,6 +181,25 @@ impl<'a> Request<'a> {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
+    /// When the host stops waiting for this `run` (its `--timeout`): the client then gets
+    /// `504`, and a Context whose `run` returns later is stopped, not reused. `None` when the
+    /// host sets no deadline (or predates deadlines). A `run` that may take long should check
+    /// [`time_left`](Self::time_left) and give up early.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        let ms: u64 = self.header_str(DEADLINE_HEADER)?.parse().ok()?;
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+    }
+
+    /// Time left until [`deadline`](Self::deadline); zero once it has passed.
+    pub fn time_left(&self) -> Option<Duration> {
+        let deadline = self.deadline()?;
+        Some(
+            deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+
     /// The whole request body.
     pub fn body(&self) -> &'a [u8] {
         self.body.as_slice()
@@ -237,5 +263,23 @@ mod tests {
         assert_eq!(h.headers().get_all("x-a").iter().count(), 2);
         assert_eq!(h.version(), http::Version::HTTP_2);
         assert_eq!(h.body(), b"body");
+        assert_eq!(req.deadline(), None);
+    }
+
+    #[test]
+    fn deadline_from_the_hosts_header() {
+        let headers = [Header::new(DEADLINE_HEADER, b"4102444800000")];
+        let req = Request::new(RequestParts {
+            method: "GET",
+            target: "/",
+            version: HttpVersion::Http11,
+            headers: &headers,
+            body: b"",
+            peer_addr: "127.0.0.1:9",
+            request_id: "r1",
+        });
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(4_102_444_800);
+        assert_eq!(req.deadline(), Some(at));
+        assert!(req.time_left().unwrap() > Duration::from_secs(3600));
     }
 }

@@ -100,6 +100,7 @@ fn call(f: &Fixture, lease: &mut Lease<Effes>) -> ResponseBuffer {
         body: &f.body,
         peer_addr: "127.0.0.1:40000",
         request_id: "0123abcd-1",
+        deadline_ms: Some(1_764_412_345_678),
     };
     let mut out = ResponseBuffer::new();
     f.plugin.run(lease.context(), &call, &mut out).expect("run");

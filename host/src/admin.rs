@@ -3,9 +3,10 @@
 //!
 //! Rules (the README's "Probes" section says the same):
 //! - live: every network thread has run its heartbeat within [`STALE`] (a thread stuck in an
-//!   inline Run, or a stalled runtime, fails it: the orchestrator should restart the host).
-//!   Once draining, the network threads end one by one: liveness then holds as long as the
-//!   admin listener answers.
+//!   inline Run, or a stalled runtime, fails it), and no more Contexts are quarantined than
+//!   `--max-quarantined` (Runs past their deadline that have not returned): either way the
+//!   orchestrator should restart the host. Once draining, the network threads end one by one:
+//!   liveness then holds as long as the admin listener answers.
 //! - ready: the minimum Contexts have started and the listeners accept; not while draining;
 //!   not while Starts keep failing (inside a backoff window) with no Context alive to serve.
 
@@ -36,11 +37,13 @@ pub struct Health {
     beats: Box<[AtomicU64]>,
     booted: AtomicBool,
     draining: AtomicBool,
+    max_quarantined: usize,
 }
 
 impl Health {
-    pub fn new(threads: usize) -> Health {
+    pub fn new(threads: usize, max_quarantined: usize) -> Health {
         Health {
+            max_quarantined,
             epoch: Instant::now(),
             beats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             booted: AtomicBool::new(false),
@@ -67,9 +70,16 @@ impl Health {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    fn live(&self) -> Result<(), String> {
+    fn live(&self, pool: PoolStats) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) || !self.booted.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        if pool.quarantined > self.max_quarantined {
+            return Err(format!(
+                "{} Contexts quarantined (Runs past their deadline), more than \
+                 --max-quarantined {}",
+                pool.quarantined, self.max_quarantined
+            ));
         }
         let now = self.now_ms();
         let stale = u64::try_from(STALE.as_millis()).unwrap_or(u64::MAX);
@@ -143,7 +153,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 fn answer(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/livez" | "/healthz" => match admin.health.live() {
+        "/livez" | "/healthz" => match admin.health.live((admin.pool)()) {
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

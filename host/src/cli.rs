@@ -111,6 +111,20 @@ pub struct Args {
           value_parser = parse_timeout)]
     pub stop_timeout: Duration,
 
+    /// How long one Run may take (0: no limit). Past it the client gets 504, and a Run on a
+    /// blocking thread keeps its Context quarantined (never reused, its slot taken) until it
+    /// returns, then the Context is stopped. The effe reads its deadline from the request
+    /// (`effe-deadline-ms`); a `NONBLOCKING` effe runs on a network thread and cannot be cut off.
+    #[arg(long, env = "EFFE_TIMEOUT", value_name = "DURATION", default_value = "60s",
+          value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Liveness fails once more Contexts than this are quarantined (Runs past --timeout that
+    /// have not returned): the orchestrator then restarts a host whose effe hangs. Default: half
+    /// of --max-contexts (at least 1).
+    #[arg(long, env = "EFFE_MAX_QUARANTINED", value_name = "N")]
+    pub max_quarantined: Option<usize>,
+
     /// Where errors returned by Run (and panics) are logged: a unix socket path,
     /// `udp://HOST:PORT`, `tcp://HOST:PORT`, or `off` (stderr only). Falls back to stderr, with
     /// one warning, when the syslog cannot be reached.
@@ -442,6 +456,9 @@ pub struct Config {
     pub max_body_size: usize,
     pub shutdown_timeout: Duration,
     pub stop_timeout: Duration,
+    /// `None`: Runs have no deadline.
+    pub timeout: Option<Duration>,
+    pub max_quarantined: usize,
     pub syslog: SyslogTarget,
     pub allow_insecure_plugin: bool,
     /// `None`: follow the effe's declaration.
@@ -503,6 +520,10 @@ impl Args {
             max_body_size: self.max_body_size,
             shutdown_timeout: self.shutdown_timeout,
             stop_timeout: self.stop_timeout,
+            timeout: (!self.timeout.is_zero()).then_some(self.timeout),
+            max_quarantined: self
+                .max_quarantined
+                .unwrap_or((self.max_contexts / 2).max(1)),
             syslog,
             allow_insecure_plugin: self.allow_insecure_plugin,
             call_mode,

@@ -15,7 +15,8 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 
-use std::time::Instant;
+use std::sync::atomic::AtomicU8;
+use std::time::{Duration, Instant};
 
 use crate::cli::CallMode;
 use crate::log::RunLog;
@@ -63,6 +64,8 @@ pub(crate) struct App {
     pub(crate) run_log: Arc<RunLog>,
     pub(crate) ids: RequestIds,
     pub(crate) metrics: Arc<Metrics>,
+    /// `--timeout`: how long a Run may take (enforced on the blocking threads only).
+    pub(crate) timeout: Option<Duration>,
 }
 
 type Body = Full<Bytes>;
@@ -104,6 +107,33 @@ impl RequestIds {
         }
         id
     }
+}
+
+/// A request's id: the client's, or one made here.
+enum Id<'p> {
+    Sent(&'p str),
+    Made(RequestId),
+}
+
+impl Id<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Id::Sent(id) => id,
+            Id::Made(id) => id.as_str(),
+        }
+    }
+}
+
+/// A Run's deadline, `timeout` from now, in milliseconds since the Unix epoch. (Seconds and
+/// milliseconds apart: `as_millis` would take 128-bit arithmetic on every request.)
+fn deadline_ms(timeout: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let at = now.saturating_add(timeout);
+    at.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(at.subsec_millis()))
 }
 
 /// A generated request id (at most 8 + 1 + 16 ASCII bytes).
@@ -338,15 +368,81 @@ impl App {
             Ok(lease) => lease,
             Err(e) => return unavailable(&e, &self.metrics),
         };
-        match self.call_mode {
-            CallMode::Inline => self.invoke(&mut lease, &parts, &body, &peer),
-            CallMode::Thread => {
+        match (self.call_mode, self.timeout) {
+            (CallMode::Inline, _) => self.invoke(&mut lease, &parts, &body, &peer),
+            (CallMode::Thread, None) => {
                 let app = self.clone();
                 tokio::task::spawn_blocking(move || app.invoke(&mut lease, &parts, &body, &peer))
                     .await
                     .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR))
             }
+            (CallMode::Thread, Some(timeout)) => {
+                self.invoke_by(lease, parts, body, peer, timeout).await
+            }
         }
+    }
+
+    /// Run on a blocking thread, waited for until `timeout`: then the client gets 504 and the
+    /// Context is quarantined (a thread cannot be stopped): kept out of use, its slot still
+    /// taken, and stopped when its Run returns.
+    async fn invoke_by(
+        self: &Arc<Self>,
+        mut lease: Lease<Effes>,
+        parts: http::request::Parts,
+        body: Bytes,
+        peer: Arc<str>,
+        timeout: Duration,
+    ) -> Response<Body> {
+        const RUNNING: u8 = 0;
+        const DONE: u8 = 1;
+        const ABANDONED: u8 = 2;
+        let id = self.request_id(&parts).as_str().to_owned();
+        let outcome = Arc::new(AtomicU8::new(RUNNING));
+        let (app, ran) = (self.clone(), outcome.clone());
+        let mut run = tokio::task::spawn_blocking(move || {
+            let resp = app.invoke(&mut lease, &parts, &body, &peer);
+            let finished = ran.compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire);
+            if finished.is_err() {
+                // Given up on: this Context's state is unknown, it is never reused.
+                lease.end_quarantine();
+            }
+            resp
+        });
+        let failed = |_| plain(StatusCode::INTERNAL_SERVER_ERROR);
+        if let Ok(joined) = tokio::time::timeout(timeout, &mut run).await {
+            return joined.unwrap_or_else(failed);
+        }
+        // Counted before the Run can see it abandoned (and uncount it when it ends).
+        self.pool.quarantine_begun();
+        match outcome.compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => self.timed_out(&id, timeout),
+            Err(_) => {
+                // It returned just now: its answer is on the way.
+                self.pool.quarantine_cancelled();
+                run.await.unwrap_or_else(failed)
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn timed_out(&self, request_id: &str, timeout: Duration) -> Response<Body> {
+        self.metrics.run_timed_out();
+        self.run_log.run_failed(
+            request_id,
+            &Failure {
+                panicked: false,
+                message: format!(
+                    "timed out after {}; its Context is quarantined until the Run returns",
+                    humantime::format_duration(timeout)
+                ),
+            },
+        );
+        let mut resp = plain(StatusCode::GATEWAY_TIMEOUT);
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            resp.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        resp
     }
 
     /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails).
@@ -374,19 +470,15 @@ impl App {
         body: &Bytes,
         peer: &str,
     ) -> Response<Body> {
-        let generated;
-        let request_id = match parts.headers.get(X_REQUEST_ID).and_then(usable_request_id) {
-            Some(id) => id,
-            None => {
-                generated = self.ids.next();
-                generated.as_str()
-            }
-        };
+        let id = self.request_id(parts);
+        let request_id = id.as_str();
+        let deadline_ms = self.timeout.map(deadline_ms);
         let call = Call {
             parts,
             body,
             peer_addr: peer,
             request_id,
+            deadline_ms,
         };
         let mut out = ResponseBuffer::new();
         match self.plugin.run(lease.context(), &call, &mut out) {
@@ -401,6 +493,14 @@ impl App {
                 self.run_failed(lease, request_id, failure, out)
             }
             Err(failure) => self.run_failed(lease, request_id, failure, out),
+        }
+    }
+
+    /// The client's usable `x-request-id`, else a new one.
+    fn request_id<'p>(&self, parts: &'p http::request::Parts) -> Id<'p> {
+        match parts.headers.get(X_REQUEST_ID).and_then(usable_request_id) {
+            Some(id) => Id::Sent(id),
+            None => Id::Made(self.ids.next()),
         }
     }
 

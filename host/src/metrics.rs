@@ -165,6 +165,7 @@ pub struct Metrics {
     unavailable: [AtomicU64; 4],
     run_errors: AtomicU64,
     run_panics: AtomicU64,
+    run_timeouts: AtomicU64,
     connections: [AtomicI64; 4],
     tls_handshake_failures: AtomicU64,
 }
@@ -183,6 +184,7 @@ impl Metrics {
             unavailable: Default::default(),
             run_errors: AtomicU64::new(0),
             run_panics: AtomicU64::new(0),
+            run_timeouts: AtomicU64::new(0),
             connections: Default::default(),
             tls_handshake_failures: AtomicU64::new(0),
         }
@@ -223,6 +225,10 @@ impl Metrics {
             &self.run_errors
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn run_timed_out(&self) {
+        self.run_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection of kind `conn` opened (+1) or closed (-1).
@@ -378,10 +384,11 @@ impl Collector for Scrape {
         counter(
             &mut encoder,
             "run_failures",
-            "Runs that returned an error or panicked",
+            "Runs that returned an error, panicked, or overran --timeout",
             &[
                 (&[("kind", "error")], load(&m.run_errors)),
                 (&[("kind", "panic")], load(&m.run_panics)),
+                (&[("kind", "timeout")], load(&m.run_timeouts)),
             ],
         )?;
 
@@ -390,11 +397,13 @@ impl Collector for Scrape {
         gauge(
             &mut encoder,
             "contexts",
-            "Contexts by state: idle, busy (lent to a request), starting, stopping",
+            "Contexts by state: idle, busy (lent to a request), quarantined (lent to a Run that \
+             overran its deadline), starting, stopping",
             None,
             &[
                 (&[("state", "idle")], as_i64(pool.idle)),
                 (&[("state", "busy")], as_i64(pool.busy())),
+                (&[("state", "quarantined")], as_i64(pool.quarantined)),
                 (&[("state", "starting")], as_i64(pool.starting)),
                 (&[("state", "stopping")], as_i64(pool.stopping)),
             ],

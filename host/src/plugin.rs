@@ -9,7 +9,7 @@ use abi_stable::library::{LibraryError, RootModule};
 use bytes::Bytes;
 use effe_abi::interfaces::{EffeInterfaces, RunV2, RUN_V2};
 use effe_abi::{EffeError, EffeModuleRef, ErrorKind, Header, HttpVersion, RawContext, Request};
-use effe_abi::{RequestParts, ResponseBuffer};
+use effe_abi::{RequestParts, ResponseBuffer, DEADLINE_HEADER};
 
 use crate::error::{Fatal, LoadFailure};
 use crate::trust;
@@ -87,6 +87,9 @@ pub struct Call<'a> {
     pub body: &'a Bytes,
     pub peer_addr: &'a str,
     pub request_id: &'a str,
+    /// The Run's deadline in milliseconds since the Unix epoch, told to the effe in the
+    /// `effe-deadline-ms` header.
+    pub deadline_ms: Option<u64>,
 }
 
 fn refuse(path: &Path, kind: LoadFailure, reason: impl Into<String>) -> Fatal {
@@ -284,20 +287,27 @@ impl Plugin {
         const ON_STACK: usize = 24;
         let mut on_stack = [Header::new("", b""); ON_STACK];
         let spilled: Vec<Header<'_>>;
-        let views = call
-            .parts
-            .headers
-            .iter()
-            .map(|(name, value)| Header::new(name.as_str(), value.as_bytes()));
-        let headers: &[Header<'_>] = if call.parts.headers.len() <= ON_STACK {
+        let mut digits = [0u8; 20];
+        let deadline = call
+            .deadline_ms
+            .map(|ms| Header::new(DEADLINE_HEADER, decimal(ms, &mut digits)));
+        let count = call.parts.headers.len() + usize::from(deadline.is_some());
+        let headers: &[Header<'_>] = if count <= ON_STACK {
             let mut n = 0;
-            for (slot, view) in on_stack.iter_mut().zip(views) {
-                *slot = view;
+            for (name, value) in &call.parts.headers {
+                // The deadline is the host's to say, never the client's.
+                if name.as_str() != DEADLINE_HEADER {
+                    on_stack[n] = Header::new(name.as_str(), value.as_bytes());
+                    n += 1;
+                }
+            }
+            if let Some(deadline) = deadline {
+                on_stack[n] = deadline;
                 n += 1;
             }
             &on_stack[..n]
         } else {
-            spilled = spill(views);
+            spilled = spill(&call.parts.headers, deadline);
             &spilled
         };
         let target = call
@@ -322,16 +332,69 @@ impl Plugin {
     }
 }
 
+/// `n` in decimal, written into `buf` (a u64 has at most 20 digits): no allocation. The last
+/// deadline formatted on this thread is kept: requests in the same millisecond (dozens, under
+/// load) reuse its digits.
+fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    thread_local! {
+        static LAST: std::cell::Cell<(u64, [u8; 20], u8)> = const {
+            std::cell::Cell::new((u64::MAX, [0; 20], 0))
+        };
+    }
+    let (last, digits, len) = LAST.get();
+    if last == n {
+        *buf = digits;
+        return &buf[20 - usize::from(len)..];
+    }
+    let len = format_decimal(n, buf).len();
+    LAST.set((n, *buf, len as u8));
+    &buf[20 - len..]
+}
+
+fn format_decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
 /// More headers than fit on the stack: rare, and kept out of the hot path.
 #[cold]
 #[inline(never)]
-fn spill<'a>(views: impl Iterator<Item = Header<'a>>) -> Vec<Header<'a>> {
-    views.collect()
+fn spill<'a>(headers: &'a http::HeaderMap, deadline: Option<Header<'a>>) -> Vec<Header<'a>> {
+    headers
+        .iter()
+        .filter(|(name, _)| name.as_str() != DEADLINE_HEADER)
+        .map(|(name, value)| Header::new(name.as_str(), value.as_bytes()))
+        .chain(deadline)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::one_line;
+
+    #[test]
+    fn decimal_digits() {
+        let mut buf = [0; 20];
+        assert_eq!(super::decimal(0, &mut buf), b"0");
+        assert_eq!(
+            super::decimal(1_764_412_345_678, &mut buf),
+            b"1764412345678"
+        );
+        assert_eq!(super::decimal(u64::MAX, &mut buf), b"18446744073709551615");
+        // Again: from the thread's last one.
+        assert_eq!(
+            super::decimal(u64::MAX, &mut [7; 20]),
+            b"18446744073709551615"
+        );
+        assert_eq!(super::decimal(42, &mut buf), b"42");
+    }
 
     #[test]
     fn one_line_keeps_the_first_meaningful_line() {

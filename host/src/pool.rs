@@ -392,6 +392,11 @@ impl<M: Manager> Pool<M> {
         self.inner.lock().quarantined += 1;
     }
 
+    /// Undoes [`quarantine_begun`](Self::quarantine_begun): the Run returned in time after all.
+    pub fn quarantine_cancelled(&self) {
+        self.inner.lock().quarantined -= 1;
+    }
+
     /// (live, idle) Contexts, for logs and tests.
     #[cfg(test)]
     fn counts(&self) -> (usize, usize) {
@@ -520,7 +525,7 @@ impl<M: Manager> Inner<M> {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "effe start failed");
+                tracing::error!("effe start {e}");
                 self.start_failed();
                 if let Some(tx) = to {
                     let _ = tx.send(Grant::Failed(e));

@@ -125,7 +125,7 @@ async fn serve(
         },
     ));
     metrics.init_took(init_took);
-    let health = Arc::new(Health::new(config.threads));
+    let health = Arc::new(Health::new(config.threads, config.max_quarantined));
     // The pool's own tasks (backoff timers, maintenance) live on this, the main, runtime.
     let pool = Pool::new(
         Effes::new(plugin, metrics.clone()),
@@ -240,6 +240,7 @@ async fn listen_and_serve(
         run_log: run_log.clone(),
         ids: RequestIds::new(),
         metrics: metrics.clone(),
+        timeout: config.timeout,
     });
     tokio::spawn(pool.clone().maintain());
 

@@ -12,7 +12,8 @@
 //!   418 then returns an error, `/sleep?MS` records `sleep N MS` and sleeps MS milliseconds,
 //!   `/hold?PORT` holds like the variables above (saying `ctx N`), `/thread` answers the name
 //!   of the thread Run is called on, `/set-header` appends `x-a: 1` then tries to replace it
-//!   with `2` (`replaced`, or `kept: why`); every other path answers `ctx N` with the serving
+//!   with `2` (`replaced`, or `kept: why`), `/deadline` answers the milliseconds left before
+//!   the host's deadline (or `none`); every other path answers `ctx N` with the serving
 //!   Context's number.
 
 use std::fs::OpenOptions;
@@ -118,6 +119,11 @@ impl Effe for Fixture {
                     Ok(_) => resp.body("replaced"),
                     Err(e) => resp.body(format!("kept: {e}")),
                 };
+                return Ok(());
+            }
+            "/deadline" => {
+                let left = req.time_left().map(|t| t.as_millis().to_string());
+                resp.body(left.as_deref().unwrap_or("none"));
                 return Ok(());
             }
             "/thread" => {

@@ -248,11 +248,15 @@ async fn a_network_thread_stuck_in_an_inline_run_fails_liveness() {
             break sender;
         }
     };
+    let path = format!("/hold?{}", holds.port());
     let blocked = tokio::spawn(async move {
-        let path = format!("/hold?{}", holds.port());
-        let resp = sender.send_request(request(&path)).await;
-        (resp.map(|r| r.status()), holds)
+        sender
+            .send_request(request(&path))
+            .await
+            .map(|r| r.status())
     });
+    // The Run is in progress (inline, on effe-net-1) once it checks in.
+    let held = holds.next().await;
     assert_eq!(host.admin_get("/livez").await.status, 200);
     // Silent past the limit (10 s): not live. Bounded polling: liveness is a matter of time.
     let deadline = Instant::now() + effe_tests::PATIENCE;
@@ -261,14 +265,15 @@ async fn a_network_thread_stuck_in_an_inline_run_fails_liveness() {
         if status == 503 {
             break text;
         }
-        assert!(Instant::now() < deadline, "still live");
+        assert!(Instant::now() < deadline, "still live:\n{}", host.stderr());
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(
         text.starts_with("not live: network thread 1 has not run for"),
         "{text}"
     );
-    drop(blocked);
+    held.release().await;
+    let _ = blocked.await;
 }
 
 fn request(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {

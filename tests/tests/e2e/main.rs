@@ -3,6 +3,7 @@
 
 mod admin;
 mod compat;
+mod deadline;
 mod lifecycle;
 mod load;
 mod logging;
