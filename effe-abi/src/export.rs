@@ -120,13 +120,31 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+std::thread_local! {
+    /// The message and place of the last panic on this thread, as the quiet hook saw it.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The effe's panic hook: it prints nothing (the host logs each panic as one record, with the
+/// request id) and keeps the message and place for [`guard`], which reports them.
+fn quiet_hook(info: &std::panic::PanicHookInfo<'_>) {
+    let message = panic_message(info.payload());
+    let report = match info.location() {
+        Some(at) => format!("{message} (at {}:{}:{})", at.file(), at.line(), at.column()),
+        None => message,
+    };
+    LAST_PANIC.with(|last| *last.borrow_mut() = Some(report));
+}
+
 /// Runs `f`, turning an error or a panic into an [`EffeError`].
 fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> RResult<T, EffeError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(value)) => RResult::ROk(value),
         Ok(Err(err)) => RResult::RErr(err.into()),
         Err(payload) => {
-            let message = panic_message(&*payload);
+            let message = LAST_PANIC
+                .with(|last| last.borrow_mut().take())
+                .unwrap_or_else(|| panic_message(&*payload));
             // Dropping a payload whose own `Drop` panics would unwind from here: forget it.
             std::mem::forget(payload);
             RResult::RErr(EffeError::new(ErrorKind::Panicked, message))
@@ -141,6 +159,9 @@ fn instance<E: Exported>() -> Result<&'static E, Error> {
 }
 
 extern "C" fn init<E: Exported>() -> RResult<(), EffeError> {
+    // This library's own std has its own hook, which would print Rust's multi-line panic
+    // message beside the host's record. An effe that sets a hook in `init` keeps its own.
+    std::panic::set_hook(Box::new(quiet_hook));
     guard(|| {
         let effe = E::init()?;
         E::slot()

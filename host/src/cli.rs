@@ -153,6 +153,16 @@ pub struct Args {
     #[arg(long, env = "EFFE_THREADS", value_name = "N", default_value_t = 0)]
     pub threads: usize,
 
+    /// How the host's own diagnostics are written to stderr: `text` (one line per event) or
+    /// `json` (one object per line). Filtered by `EFFE_LOG`.
+    #[arg(
+        long,
+        env = "EFFE_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: crate::log::LogFormat,
+
     /// The admin listener (`/livez`, `/healthz`, `/readyz`, `/metrics`), which the effe never
     /// sees: an address, or `off`.
     #[arg(

@@ -111,15 +111,24 @@ impl RequestIds {
 
 /// A request's id: the client's, or one made here.
 enum Id<'p> {
-    Sent(&'p str),
+    /// The client's, with its header value (cloned into the response without a copy).
+    Sent(&'p str, &'p HeaderValue),
     Made(RequestId),
 }
 
 impl Id<'_> {
     fn as_str(&self) -> &str {
         match self {
-            Id::Sent(id) => id,
+            Id::Sent(id, _) => id,
             Id::Made(id) => id.as_str(),
+        }
+    }
+
+    /// The id as the response's `x-request-id`.
+    fn header_value(&self) -> Option<HeaderValue> {
+        match self {
+            Id::Sent(_, value) => Some((*value).clone()),
+            Id::Made(id) => HeaderValue::from_str(id.as_str()).ok(),
         }
     }
 }
@@ -335,11 +344,16 @@ impl App {
         began: Instant,
     ) -> Response<Body> {
         let proto = Proto::of(req.version());
-        let resp = {
+        let sent = req.headers().get(X_REQUEST_ID).cloned();
+        let mut resp = {
             let shard = self.metrics.shard(shard);
             let _in_flight = InFlight::new(shard);
             self.respond(req, peer, shard).await
         };
+        if !resp.headers().contains_key(X_REQUEST_ID) {
+            // Answered before Run (413, 400, 503): the id is still the client's, or a new one.
+            self.stamp_id(&mut resp, sent);
+        }
         let shard = self.metrics.shard(shard);
         shard.request(proto, resp.status(), began.elapsed());
         resp
@@ -482,7 +496,13 @@ impl App {
         };
         let mut out = ResponseBuffer::new();
         match self.plugin.run(lease.context(), &call, &mut out) {
-            Ok(()) if !out.is_broken() => into_response(out),
+            Ok(()) if !out.is_broken() => {
+                let mut resp = into_response(out);
+                if let Some(v) = id.header_value() {
+                    resp.headers_mut().insert(X_REQUEST_ID, v);
+                }
+                resp
+            }
             // The response could not be kept whole (a cap, no memory): fail as if run had.
             Ok(()) => {
                 let message = out.failure().unwrap_or_default().to_owned();
@@ -496,10 +516,23 @@ impl App {
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn stamp_id(&self, resp: &mut Response<Body>, sent: Option<HeaderValue>) {
+        let id = match sent.filter(|v| usable_request_id(v).is_some()) {
+            Some(v) => Some(v),
+            None => HeaderValue::from_str(self.ids.next().as_str()).ok(),
+        };
+        if let Some(v) = id {
+            resp.headers_mut().insert(X_REQUEST_ID, v);
+        }
+    }
+
     /// The client's usable `x-request-id`, else a new one.
     fn request_id<'p>(&self, parts: &'p http::request::Parts) -> Id<'p> {
-        match parts.headers.get(X_REQUEST_ID).and_then(usable_request_id) {
-            Some(id) => Id::Sent(id),
+        let sent = parts.headers.get(X_REQUEST_ID);
+        match sent.and_then(|v| Some((usable_request_id(v)?, v))) {
+            Some((id, value)) => Id::Sent(id, value),
             None => Id::Made(self.ids.next()),
         }
     }
@@ -521,7 +554,11 @@ impl App {
             lease.retire();
             internal_error(request_id)
         } else if out.is_written() && !out.is_broken() {
-            into_response(out)
+            let mut resp = into_response(out);
+            if let Ok(v) = HeaderValue::from_str(request_id) {
+                resp.headers_mut().insert(X_REQUEST_ID, v);
+            }
+            resp
         } else {
             internal_error(request_id)
         }

@@ -34,7 +34,7 @@ pub fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => return refuse(Fatal::Usage(cli::usage_line(&e, &argv))),
     };
-    log::init_tracing();
+    log::init_tracing(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => refuse(fatal),

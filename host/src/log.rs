@@ -57,16 +57,27 @@ impl SyslogTarget {
     }
 }
 
+/// How the host's own diagnostics are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event (coloured on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Sets up `tracing` to stderr; `EFFE_LOG` (or `RUST_LOG`) filters, default `info`.
-pub fn init_tracing() {
+pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("EFFE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 /// Lines waiting for the logger thread. Enough to ride out a burst of failures while syslog is

@@ -204,9 +204,10 @@ fn init_failure_or_panic_exits_before_serving() {
             .env("FIXTURE_INIT", how)
             .env("EFFE_LIFECYCLE_LOG", &log.path);
         let line = refused(cmd, 8, &["fixture-lifecycle", message]);
-        assert_eq!(
-            line,
-            format!("effe-host: effe fixture-lifecycle: {message}")
+        assert_reported(
+            &line,
+            &format!("effe-host: effe fixture-lifecycle: {message}"),
+            how,
         );
         assert_eq!(
             effe_tests::events(&log),
@@ -224,11 +225,23 @@ fn start_failure_at_boot_exits() {
     ] {
         let cmd = HostCmd::new("fixture-lifecycle").env("FIXTURE_START", how);
         let line = refused(cmd, 9, &[message]);
-        assert_eq!(
-            line,
-            format!("effe-host: effe fixture-lifecycle: a start for --min-contexts {message}")
-        );
+        let expected =
+            format!("effe-host: effe fixture-lifecycle: a start for --min-contexts {message}");
+        assert_reported(&line, &expected, how);
     }
+}
+
+/// `line` is `expected`, and for a panic, the place the effe panicked at too.
+fn assert_reported(line: &str, expected: &str, how: &str) {
+    if how != "panic" {
+        return assert_eq!(line, expected);
+    }
+    let place = line
+        .strip_prefix(expected)
+        .and_then(|rest| rest.strip_prefix(" (at plugins/fixture-lifecycle/src/lib.rs:"))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line:?} is not {expected:?} (at …)"));
+    assert!(place.split(':').all(|n| n.parse::<u32>().is_ok()), "{line}");
 }
 
 #[test]

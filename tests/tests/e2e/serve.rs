@@ -218,3 +218,62 @@ async fn a_declared_body_over_the_limit_is_refused_before_100_continue() {
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_an_x_request_id() {
+    let host = HostCmd::new("echo")
+        .args(["--max-body-size", "16", "--max-contexts", "1"])
+        .spawn();
+    // Made by the host, or the client's own, on answers from the effe and from the host alike.
+    let made = host.get("/").await;
+    assert_eq!(made.status, 200);
+    let id = made.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(
+        made.json()["request_id"],
+        id.as_str(),
+        "the id the effe saw"
+    );
+    let sent = http::Request::get("/")
+        .header("x-request-id", "client-7")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(host.addr, Proto::Http2, sent).await.headers["x-request-id"],
+        "client-7"
+    );
+    let big = http::Request::post("/")
+        .header("x-request-id", "client-8")
+        .body(Full::new(Bytes::from(vec![0u8; 64])))
+        .unwrap();
+    let refused = send(host.addr, Proto::Http1, big).await;
+    assert_eq!(refused.status, 413);
+    assert_eq!(refused.headers["x-request-id"], "client-8");
+    let big = http::Request::post("/")
+        .body(Full::new(Bytes::from(vec![0u8; 64])))
+        .unwrap();
+    assert!(send(host.addr, Proto::Http1, big)
+        .await
+        .headers
+        .contains_key("x-request-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let mut host = HostCmd::new("hello").args(["--log-format", "json"]).start();
+    let stderr = host.wait_stderr(|s| s.contains(r#""message":"listening""#));
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(r#""message":"listening""#))
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_str(line).expect("a JSON object");
+    assert_eq!(record["level"], "INFO");
+    let addr: std::net::SocketAddr = record["fields"]["addr"].as_str().unwrap().parse().unwrap();
+    host.addr = addr;
+    assert_eq!(host.get("/").await.status, 200);
+    let (status, stderr) = host.stop();
+    assert!(status.success());
+    for line in stderr.lines().filter(|l| !l.is_empty() && *l != "<eof>") {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
