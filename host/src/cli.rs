@@ -163,6 +163,13 @@ pub struct Args {
     )]
     pub log_format: crate::log::LogFormat,
 
+    /// Log every answered request on stderr, one line each in --log-format (time, request id,
+    /// method, target, protocol, status, response bytes, duration, peer), written by a thread
+    /// of its own: lines stderr cannot take in time are dropped and counted, never waited for.
+    /// The admin listener's probes and scrapes are never logged.
+    #[arg(long, env = "EFFE_ACCESS_LOG", value_parser = parse_bool)]
+    pub access_log: bool,
+
     /// The admin listener (`/livez`, `/healthz`, `/readyz`, `/metrics`), which the effe never
     /// sees: an address, or `off`.
     #[arg(
@@ -476,6 +483,8 @@ pub struct Config {
     pub threads: usize,
     /// `None`: off.
     pub admin_listen: Option<SocketAddr>,
+    /// The access log's format, when on.
+    pub access_log: Option<crate::log::LogFormat>,
 }
 
 impl Args {
@@ -539,6 +548,7 @@ impl Args {
             call_mode,
             threads,
             admin_listen,
+            access_log: self.access_log.then_some(self.log_format),
         })
     }
 }

@@ -18,6 +18,7 @@ use hyper::body::{Body as _, Incoming};
 use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant};
 
+use crate::access::{AccessLog, Entry};
 use crate::cli::CallMode;
 use crate::log::RunLog;
 use crate::metrics::{Conn, Metrics, Proto, Shard, Unavailable};
@@ -66,6 +67,7 @@ pub(crate) struct App {
     pub(crate) metrics: Arc<Metrics>,
     /// `--timeout`: how long a Run may take (enforced on the blocking threads only).
     pub(crate) timeout: Option<Duration>,
+    pub(crate) access: Option<Arc<AccessLog>>,
 }
 
 type Body = Full<Bytes>;
@@ -126,10 +128,14 @@ impl Id<'_> {
 
     /// The id as the response's `x-request-id`.
     fn header_value(&self) -> Option<HeaderValue> {
-        match self {
-            Id::Sent(_, value) => Some((*value).clone()),
-            Id::Made(id) => HeaderValue::from_str(id.as_str()).ok(),
-        }
+        let mut value = match self {
+            Id::Sent(_, value) => (*value).clone(),
+            Id::Made(id) => HeaderValue::from_str(id.as_str()).ok()?,
+        };
+        // A value that differs on every response: HPACK would insert each into its dynamic
+        // table, evicting the entries that do repeat. "Never indexed" skips the table.
+        value.set_sensitive(true);
+        Some(value)
     }
 }
 
@@ -324,7 +330,19 @@ impl App {
                 let (parts, _) = req.into_parts();
                 let resp = self.invoke(&mut lease, &parts, &Bytes::new(), peer);
                 let shard = self.metrics.shard(shard);
-                shard.request(Proto::of(parts.version), resp.status(), began.elapsed());
+                let took = began.elapsed();
+                shard.request(Proto::of(parts.version), resp.status(), took);
+                if let Some(access) = &self.access {
+                    log_access(
+                        access,
+                        &parts.method,
+                        &parts.uri,
+                        parts.version,
+                        &resp,
+                        took,
+                        peer,
+                    );
+                }
                 return Reply::Ready(Some(resp));
             }
         }
@@ -345,17 +363,29 @@ impl App {
     ) -> Response<Body> {
         let proto = Proto::of(req.version());
         let sent = req.headers().get(X_REQUEST_ID).cloned();
+        let line = self.access.as_ref().map(|access| {
+            (
+                access.clone(),
+                req.method().clone(),
+                req.uri().clone(),
+                req.version(),
+            )
+        });
         let mut resp = {
             let shard = self.metrics.shard(shard);
             let _in_flight = InFlight::new(shard);
-            self.respond(req, peer, shard).await
+            self.respond(req, peer.clone(), shard).await
         };
         if !resp.headers().contains_key(X_REQUEST_ID) {
             // Answered before Run (413, 400, 503): the id is still the client's, or a new one.
             self.stamp_id(&mut resp, sent);
         }
         let shard = self.metrics.shard(shard);
-        shard.request(proto, resp.status(), began.elapsed());
+        let took = began.elapsed();
+        shard.request(proto, resp.status(), took);
+        if let Some((access, method, uri, version)) = line {
+            log_access(&access, &method, &uri, version, &resp, took, &peer);
+        }
         resp
     }
 
@@ -563,6 +593,35 @@ impl App {
             internal_error(request_id)
         }
     }
+}
+
+/// One access-log line for an answered request (out of line: the log is off by default).
+#[cold]
+#[inline(never)]
+fn log_access(
+    access: &AccessLog,
+    method: &http::Method,
+    uri: &http::Uri,
+    version: http::Version,
+    resp: &Response<Body>,
+    took: Duration,
+    peer: &str,
+) {
+    let id = resp.headers().get(X_REQUEST_ID);
+    access.log(&Entry {
+        request_id: id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        method: method.as_str(),
+        target: uri.path_and_query().map_or("/", |pq| pq.as_str()),
+        protocol: if version == http::Version::HTTP_2 {
+            "h2"
+        } else {
+            "http/1.1"
+        },
+        status: resp.status().as_u16(),
+        bytes: resp.body().size_hint().exact().unwrap_or(0),
+        took,
+        peer,
+    });
 }
 
 fn into_response(out: ResponseBuffer) -> Response<Body> {

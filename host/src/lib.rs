@@ -5,6 +5,7 @@
 //! `error.rs` and the README). The binary is `main.rs`; the library exists so that the
 //! benchmarks can drive the pool and the ABI call without the network.
 
+pub mod access;
 pub mod admin;
 pub mod cli;
 pub mod drain;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
+use crate::access::AccessLog;
 use crate::admin::{self, Health};
 use crate::cli::{CallMode, Config};
 use crate::drain::Drain;
@@ -138,6 +139,12 @@ async fn serve(
         Some(addr) => Some(start_admin(addr, &health, &metrics, &pool).await?),
     };
     let run_log = Arc::new(RunLog::connect(config.syslog.clone(), info.name));
+    let access = match config.access_log {
+        None => None,
+        Some(format) => Some(Arc::new(AccessLog::start(format).map_err(|e| {
+            Fatal::Runtime(format!("cannot start the access log thread: {e}"))
+        })?)),
+    };
     let filler = pool.clone();
     let served = match tokio::task::spawn_blocking(move || filler.fill())
         .await
@@ -151,6 +158,7 @@ async fn serve(
                 metrics: &metrics,
                 health: &health,
                 admin,
+                access: access.clone(),
             };
             listen_and_serve(&config, plugin, shared, tls, (term, int)).await
         }
@@ -160,6 +168,9 @@ async fn serve(
     let unstopped = pool.close(drain_deadline.into(), config.stop_timeout).await;
     // What effes reported and syslog has not taken yet is delivered (or put on stderr) first.
     run_log.close(Duration::from_secs(2));
+    if let Some(access) = &access {
+        access.close();
+    }
     match served {
         Err(fatal) => {
             if unstopped.total() > 0 {
@@ -204,6 +215,7 @@ struct Shared<'a> {
     health: &'a Arc<Health>,
     /// Where the admin listener listens, if on.
     admin: Option<SocketAddr>,
+    access: Option<Arc<AccessLog>>,
 }
 
 /// Binds, serves until SIGTERM/SIGINT, then drains the connections of every network thread.
@@ -221,6 +233,7 @@ async fn listen_and_serve(
         metrics,
         health,
         admin,
+        access,
     } = shared;
     let info = plugin.info();
     let call_mode = config.call_mode.unwrap_or(if info.nonblocking {
@@ -241,6 +254,7 @@ async fn listen_and_serve(
         ids: RequestIds::new(),
         metrics: metrics.clone(),
         timeout: config.timeout,
+        access,
     });
     tokio::spawn(pool.clone().maintain());
 
@@ -442,6 +456,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let peer: Arc<str> = peer.to_string().into();
+        tracing::debug!(peer = %peer, "accepted");
         let service = ConnService {
             app: app.clone(),
             peer,

@@ -242,6 +242,7 @@ async fn a_network_thread_stuck_in_an_inline_run_fails_liveness() {
                 .await
                 .unwrap();
         tokio::spawn(conn);
+        sender.ready().await.unwrap();
         let reply = sender.send_request(request("/thread")).await.unwrap();
         let reply = effe_tests::reply(reply).await;
         if reply.text() == "effe-net-1" {
@@ -249,14 +250,18 @@ async fn a_network_thread_stuck_in_an_inline_run_fails_liveness() {
         }
     };
     let path = format!("/hold?{}", holds.port());
-    let blocked = tokio::spawn(async move {
+    let mut blocked = tokio::spawn(async move {
+        sender.ready().await?;
         sender
             .send_request(request(&path))
             .await
             .map(|r| r.status())
     });
     // The Run is in progress (inline, on effe-net-1) once it checks in.
-    let held = holds.next().await;
+    let held = tokio::select! {
+        held = holds.next() => held,
+        answered = &mut blocked => panic!("/hold answered {answered:?}:\n{}", host.stderr()),
+    };
     assert_eq!(host.admin_get("/livez").await.status, 200);
     // Silent past the limit (10 s): not live. Bounded polling: liveness is a matter of time.
     let deadline = Instant::now() + effe_tests::PATIENCE;

@@ -296,12 +296,16 @@ async fn stops_get_their_own_grace_period_after_the_drain_deadline() {
     let host = cmd
         .env("FIXTURE_STOP_MS", "500")
         .args(["--min-contexts", "2", "--shutdown-timeout", "1s"])
+        .env("EFFE_LOG", "info,effe_host::server=debug")
         .spawn();
     let mut slow = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    let me = slow.local_addr().unwrap().to_string();
     use tokio::io::AsyncWriteExt;
     slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
         .await
         .unwrap();
+    // Accepted, so the drain waits for it until the deadline.
+    host.wait_stderr(|s| s.contains(&format!("accepted peer={me}")));
     let ev = stop_and_check_pairs(host, &log);
     assert_eq!(count(&ev, "stop "), 2, "{ev:?}");
     drop(slow);

@@ -231,3 +231,63 @@ async fn errors_still_queued_for_a_stuck_syslog_at_exit_go_to_stderr() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_request_and_none_for_probes() {
+    let host = HostCmd::new("hello").args(["--access-log"]).spawn();
+    let reply = send(host.addr, Proto::Http1, get_with_id("/x?y=1", "acc-1")).await;
+    assert_eq!(reply.status, 200);
+    let reply = send(host.addr, Proto::Http2, get_with_id("/h2", "acc-2")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(host.admin_get("/livez").await.status, 200);
+    let stderr = host.wait_stderr(|s| s.contains("request_id=acc-2"));
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("request_id=acc-1"))
+        .unwrap();
+    assert!(
+        line.contains(
+            " access request_id=acc-1 method=GET target=\"/x?y=1\" protocol=http/1.1 \
+             status=200 bytes=15 duration_ms="
+        ),
+        "{line}"
+    );
+    assert!(line.contains(" peer=127.0.0.1:"), "{line}");
+    assert!(stderr.contains("request_id=acc-2 method=GET target=\"/h2\" protocol=h2 status=200"));
+    let (status, stderr) = host.stop();
+    assert!(status.success());
+    assert!(!stderr.contains("livez"), "probes are not logged: {stderr}");
+    assert_eq!(stderr.matches(" access ").count(), 2, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_json_with_json_logs_and_off_by_default() {
+    let mut host = HostCmd::new("hello")
+        .env("EFFE_ACCESS_LOG", "on")
+        .args(["--log-format", "json"])
+        .start();
+    let stderr = host.wait_stderr(|s| s.contains(r#""message":"listening""#));
+    let listening = stderr.lines().find(|l| l.contains("listening")).unwrap();
+    let listening: serde_json::Value = serde_json::from_str(listening).unwrap();
+    host.addr = listening["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reply = send(host.addr, Proto::Http1, get_with_id("/j", "acc-3")).await;
+    assert_eq!(reply.status, 200);
+    let stderr = host.wait_stderr(|s| s.contains("acc-3"));
+    let line = stderr.lines().find(|l| l.contains("acc-3")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["access"], true);
+    assert_eq!(entry["target"], "/j");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["bytes"], 15);
+    assert!(entry["duration_ms"].as_f64().unwrap() >= 0.0);
+    drop(host);
+
+    let host = HostCmd::new("hello").spawn();
+    assert_eq!(host.get("/").await.status, 200);
+    let (_, stderr) = host.stop();
+    assert!(!stderr.contains(" access "), "{stderr}");
+}

@@ -322,8 +322,12 @@ async fn the_servers_cipher_suite_order_wins() {
 async fn handshake_during_the_drain(alpn: &[&str]) {
     let host = https("hello", "chain-ec.pem", "leaf-ec.key")
         .args(["--shutdown-timeout", "20s"])
+        .env("EFFE_LOG", "info,effe_host::server=debug")
         .spawn();
     let tcp = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    // Accepted by the host (not just queued by the kernel, which a closing listener resets).
+    let me = tcp.local_addr().unwrap().to_string();
+    host.wait_stderr(|s| s.contains(&format!("accepted peer={me}")));
     host.sigterm();
     host.wait_stderr(|s| s.contains("shutting down"));
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
