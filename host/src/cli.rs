@@ -171,7 +171,7 @@ pub struct Args {
     pub access_log: bool,
 
     /// The admin listener (`/livez`, `/healthz`, `/readyz`, `/metrics`), which the effe never
-    /// sees: an address, or `off`.
+    /// sees: an address in any form --listen takes, or `off`.
     #[arg(
         long,
         env = "EFFE_ADMIN_LISTEN",
@@ -499,13 +499,15 @@ impl Args {
         }
         let listen = self.listen.resolve().map_err(Fatal::Usage)?;
         let syslog = SyslogTarget::parse(&self.syslog).map_err(Fatal::Usage)?;
-        let admin_listen = match self.admin_listen.as_str() {
+        let admin_listen = match self.admin_listen.trim() {
             "off" => None,
-            addr => Some(addr.parse().map_err(|_| {
-                Fatal::Usage(format!(
-                    "--admin-listen {addr:?}: expected an address such as 0.0.0.0:9090, or off"
-                ))
-            })?),
+            addr => Some(
+                Listen::parse(addr)
+                    .and_then(|listen| listen.resolve())
+                    .map_err(|why| {
+                        Fatal::Usage(format!("--admin-listen {addr:?}: {why}, or off"))
+                    })?,
+            ),
         };
         let call_mode = match self.call_mode.as_str() {
             "inline" => Some(CallMode::Inline),

@@ -130,7 +130,7 @@ impl Id<'_> {
     fn header_value(&self) -> Option<HeaderValue> {
         let mut value = match self {
             Id::Sent(_, value) => (*value).clone(),
-            Id::Made(id) => HeaderValue::from_str(id.as_str()).ok()?,
+            Id::Made(id) => id.header_value()?,
         };
         // A value that differs on every response: HPACK would insert each into its dynamic
         // table, evicting the entries that do repeat. "Never indexed" skips the table.
@@ -165,6 +165,25 @@ impl RequestId {
 
     fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).expect("hex digits are ASCII")
+    }
+
+    /// The id as a header value, its bytes carved from a per-thread block (one allocation per
+    /// few thousand ids instead of one per response).
+    fn header_value(&self) -> Option<HeaderValue> {
+        const BLOCK: usize = 64 * 1024;
+        thread_local! {
+            static BLOCK_LEFT: std::cell::RefCell<bytes::BytesMut> =
+                std::cell::RefCell::new(bytes::BytesMut::new());
+        }
+        let bytes = BLOCK_LEFT.with(|block| {
+            let mut block = block.borrow_mut();
+            if block.capacity() < self.len {
+                *block = bytes::BytesMut::with_capacity(BLOCK);
+            }
+            block.extend_from_slice(&self.buf[..self.len]);
+            block.split().freeze()
+        });
+        HeaderValue::from_maybe_shared(bytes).ok()
     }
 }
 

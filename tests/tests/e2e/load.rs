@@ -546,3 +546,15 @@ fn the_checked_descriptor_is_the_one_loaded_and_stays_open() {
     assert!(maps.contains(plugin.to_str().unwrap()), "not mapped");
     assert!(host.stop().0.success());
 }
+
+#[test]
+fn admin_listen_takes_what_listen_takes_or_off() {
+    for ok in ["off", ":0", "127.0.0.1:0", "localhost:0"] {
+        let out = HostCmd::new("hello")
+            .args(["--admin-listen", ok, "--info"])
+            .run();
+        assert_eq!(out.code(), Some(0), "{ok}: {}", out.stderr);
+    }
+    let cmd = HostCmd::new("hello").args(["--admin-listen", "nope"]);
+    refused(cmd, 2, &["--admin-listen \"nope\": no port"]);
+}
