@@ -99,6 +99,26 @@ pub struct Args {
           value_parser = parse_size)]
     pub max_body_size: usize,
 
+    /// How long a client may take to send a request's head: from the connection's first byte
+    /// (a connection that sends nothing, or part of the HTTP/2 preface, is closed after it) and
+    /// between requests on a kept-alive HTTP/1.1 connection.
+    #[arg(long, env = "EFFE_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_timeout)]
+    pub header_read_timeout: Duration,
+
+    /// How long a request body may go without a byte arriving (as nginx's
+    /// client_body_timeout): then 408 and the connection closes. The body is read before a
+    /// Context is taken, so a slow body holds none.
+    #[arg(long, env = "EFFE_BODY_READ_TIMEOUT", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_timeout)]
+    pub body_read_timeout: Duration,
+
+    /// Most client connections open at once, over every network thread: at the cap the host
+    /// stops accepting (the kernel's backlog holds new ones) until a connection closes.
+    #[arg(long, env = "EFFE_MAX_CONNECTIONS", value_name = "N", default_value_t = 10_000,
+          value_parser = parse_at_least_one)]
+    pub max_connections: usize,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (0: do not wait; their
     /// connections are closed at once).
     #[arg(long, env = "EFFE_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "30s",
@@ -471,6 +491,9 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     pub pool: crate::pool::PoolConfig,
     pub max_body_size: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub stop_timeout: Duration,
     /// `None`: Runs have no deadline.
@@ -539,6 +562,9 @@ impl Args {
                 idle_timeout: self.idle_timeout,
             },
             max_body_size: self.max_body_size,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections,
             shutdown_timeout: self.shutdown_timeout,
             stop_timeout: self.stop_timeout,
             timeout: (!self.timeout.is_zero()).then_some(self.timeout),

@@ -68,6 +68,13 @@ pub(crate) struct App {
     /// `--timeout`: how long a Run may take (enforced on the blocking threads only).
     pub(crate) timeout: Option<Duration>,
     pub(crate) access: Option<Arc<AccessLog>>,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+    /// Places for `--max-connections`, shared by every network thread.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// At the cap now (for one warning per episode).
+    pub(crate) capped: std::sync::atomic::AtomicBool,
 }
 
 type Body = Full<Bytes>;
@@ -213,6 +220,17 @@ fn plain(status: StatusCode) -> Response<Body> {
     resp
 }
 
+/// 408 for a body that stalled: the connection closes after it (what was left of the body
+/// cannot be told from the next request).
+#[cold]
+#[inline(never)]
+fn too_slow() -> Response<Body> {
+    let mut resp = plain(StatusCode::REQUEST_TIMEOUT);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 #[cold]
 #[inline(never)]
 fn internal_error(request_id: &str) -> Response<Body> {
@@ -275,6 +293,11 @@ impl ConnGauge {
             tls,
             counted: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether a request has come on this connection.
+    pub(crate) fn seen(&self) -> bool {
+        self.counted.get().is_some()
     }
 
     fn first_request(&self, version: http::Version) {
@@ -508,20 +531,43 @@ impl App {
         resp
     }
 
-    /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails).
+    /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails),
+    /// with no more than `--body-read-timeout` between two of its reads (408 and the connection
+    /// closed beyond: the client is too slow, or gone).
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Response<Body>> {
         // A declared length over the limit is refused before the first read, which is what
         // would answer `Expect: 100-continue`: the client is not invited to send it.
         if body.size_hint().lower() > self.max_body_size as u64 {
             return Err(plain(StatusCode::PAYLOAD_TOO_LARGE));
         }
-        match Limited::new(body, self.max_body_size).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(plain(StatusCode::PAYLOAD_TOO_LARGE))
+        let mut body = Limited::new(body, self.max_body_size);
+        // One frame is the usual case: kept as it came, without a copy.
+        let mut first: Option<Bytes> = None;
+        let mut more = bytes::BytesMut::new();
+        loop {
+            let frame = match tokio::time::timeout(self.body_read_timeout, body.frame()).await {
+                Err(_) => return Err(too_slow()),
+                Ok(None) => break,
+                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(plain(StatusCode::PAYLOAD_TOO_LARGE))
+                }
+                Ok(Some(Err(_))) => return Err(plain(StatusCode::BAD_REQUEST)),
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            match &first {
+                None if more.is_empty() => first = Some(data),
+                _ => {
+                    if let Some(first) = first.take() {
+                        more.extend_from_slice(&first);
+                    }
+                    more.extend_from_slice(&data);
+                }
             }
-            Err(_) => Err(plain(StatusCode::BAD_REQUEST)),
         }
+        Ok(first.unwrap_or_else(|| more.freeze()))
     }
 
     /// Calls Run and turns what it wrote into a response. Never panics: an effe panic arrives

@@ -168,6 +168,7 @@ pub struct Metrics {
     run_timeouts: AtomicU64,
     connections: [AtomicI64; 4],
     tls_handshake_failures: AtomicU64,
+    connection_cap_reached: AtomicU64,
 }
 
 impl Metrics {
@@ -187,6 +188,7 @@ impl Metrics {
             run_timeouts: AtomicU64::new(0),
             connections: Default::default(),
             tls_handshake_failures: AtomicU64::new(0),
+            connection_cap_reached: AtomicU64::new(0),
         }
     }
 
@@ -234,6 +236,10 @@ impl Metrics {
     /// A connection of kind `conn` opened (+1) or closed (-1).
     pub fn connection(&self, conn: Conn, delta: i64) {
         self.connections[conn as usize].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn connection_cap_reached(&self) {
+        self.connection_cap_reached.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn tls_handshake_failed(&self) {
@@ -479,6 +485,12 @@ impl Collector for Scrape {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             &[(&[], load(&m.tls_handshake_failures))],
+        )?;
+        counter(
+            &mut encoder,
+            "connection_cap_reached",
+            "Times the host reached --max-connections and stopped accepting",
+            &[(&[], load(&m.connection_cap_reached))],
         )?;
         let build = &m.build;
         let mut metric = encoder.encode_descriptor(

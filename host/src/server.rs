@@ -255,6 +255,11 @@ async fn listen_and_serve(
         metrics: metrics.clone(),
         timeout: config.timeout,
         access,
+        header_read_timeout: config.header_read_timeout,
+        body_read_timeout: config.body_read_timeout,
+        max_connections: config.max_connections,
+        connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+        capped: std::sync::atomic::AtomicBool::new(false),
     });
     tokio::spawn(pool.clone().maintain());
 
@@ -404,16 +409,16 @@ struct Builders {
 }
 
 impl Builders {
-    fn new() -> Self {
+    fn new(header_read_timeout: Duration) -> Self {
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(header_read_timeout);
         auto.http2().timer(TokioTimer::new());
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(header_read_timeout);
         let mut http1_last = http1.clone();
         http1_last.keep_alive(false);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -427,8 +432,6 @@ impl Builders {
     }
 }
 
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Accepts until `shutdown` resolves; returns the connections to drain.
 async fn accept_loop(
     listener: TcpListener,
@@ -437,7 +440,7 @@ async fn accept_loop(
     thread: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Arc<Drain> {
-    let builders = Builders::new();
+    let builders = Builders::new(app.header_read_timeout);
     let drain = Drain::new();
     tokio::pin!(shutdown);
     loop {
@@ -454,6 +457,19 @@ async fn accept_loop(
                 }
             },
         };
+        // A place among --max-connections: at the cap this thread accepts nothing more (the
+        // kernel's backlog holds the newcomers) until a connection closes. Taken after accept,
+        // not before: with one listener per thread, a place held by a thread that has no
+        // connection waiting could starve another that has. So up to one connection per
+        // network thread may wait, accepted, beyond the cap.
+        let place = match app.connections.clone().try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) => tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                place = at_the_cap(&app) => place,
+            },
+        };
         let _ = stream.set_nodelay(true);
         let peer: Arc<str> = peer.to_string().into();
         tracing::debug!(peer = %peer, "accepted");
@@ -467,13 +483,17 @@ async fn accept_loop(
         let admitted = drain.admit();
         let builders = builders.clone();
         let tls = tls.clone();
+        let first = service.conn.clone();
+        let head_limit = app.header_read_timeout;
         tokio::spawn(async move {
+            let _place = place;
             let result = match tls {
                 None => {
                     let conn = builders
                         .auto
                         .serve_connection(TokioIo::new(stream), service);
-                    admitted.watch(conn.into_owned()).await
+                    let served = admitted.watch(conn.into_owned());
+                    first_request_within(served, &first, head_limit).await
                 }
                 Some(tls) => {
                     // The handshake runs here, in the connection's own task, bounded: a client
@@ -507,11 +527,18 @@ async fn accept_loop(
                         ))
                         .await
                     } else if h2 {
+                        // hyper's HTTP/2 server waits for the preface without a limit.
                         let conn = builders.http2.serve_connection(io, service);
-                        admitted.watch(conn).await.map_err(Into::into)
+                        let served = admitted.watch(conn);
+                        first_request_within(served, &first, head_limit)
+                            .await
+                            .map_err(Into::into)
                     } else {
                         let conn = builders.http1.serve_connection(io, service);
-                        admitted.watch(conn).await.map_err(Into::into)
+                        let served = admitted.watch(conn);
+                        first_request_within(served, &first, head_limit)
+                            .await
+                            .map_err(Into::into)
                     }
                 }
             };
@@ -521,6 +548,50 @@ async fn accept_loop(
         });
     }
     drain
+}
+
+/// Waits at the connection cap until a place frees; says so once per episode.
+#[cold]
+#[inline(never)]
+async fn at_the_cap(app: &App) -> tokio::sync::OwnedSemaphorePermit {
+    // One warning per episode, whichever thread reaches the cap first.
+    if !app.capped.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        app.metrics.connection_cap_reached();
+        tracing::warn!(
+            max_connections = app.max_connections,
+            "at --max-connections: not accepting until a connection closes"
+        );
+    }
+    let place = app
+        .connections
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the connection semaphore is never closed");
+    if app.capped.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("below --max-connections again: accepting");
+    }
+    place
+}
+
+/// Serves `conn`, but closes it if its first request has not come within `limit`: hyper-util's
+/// protocol sniffing (and hyper's HTTP/2 preface) wait without one, so a client that connects
+/// and sends nothing, or part of the preface, would hold the connection for ever.
+async fn first_request_within<F, T, E>(conn: F, first: &ConnGauge, limit: Duration) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        served = &mut conn => return served.map(drop),
+        () = tokio::time::sleep(limit) => {}
+    }
+    if first.seen() {
+        conn.await.map(drop)
+    } else {
+        tracing::debug!("no request within the header read timeout: closed");
+        Ok(())
+    }
 }
 
 /// Serves a TLS connection that was accepted before the shutdown signal but finished its

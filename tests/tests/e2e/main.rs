@@ -5,6 +5,7 @@ mod admin;
 mod compat;
 mod deadline;
 mod lifecycle;
+mod limits;
 mod load;
 mod logging;
 mod response;

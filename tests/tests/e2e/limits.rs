@@ -1,0 +1,98 @@
+//! Limits and timeouts: connections that send nothing, stalled bodies, the connection cap.
+
+use std::time::Duration;
+
+use effe_tests::{HostCmd, PATIENCE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the host closes the connection (at most [`PATIENCE`]); returns what it sent.
+async fn until_closed(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut got))
+        .await
+        .expect("the host closed the connection")
+        .ok();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_or_part_of_the_h2_preface_is_closed() {
+    let host = HostCmd::new("hello")
+        .args(["--header-read-timeout", "300ms"])
+        .spawn();
+    let mut silent = TcpStream::connect(host.addr).await.unwrap();
+    let mut preface = TcpStream::connect(host.addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert_eq!(until_closed(&mut silent).await, b"");
+    assert_eq!(until_closed(&mut preface).await, b"");
+    // Others are served meanwhile and after.
+    assert_eq!(host.get("/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_holds_no_context() {
+    let host = HostCmd::new("echo")
+        .args(["--body-read-timeout", "500ms", "--max-contexts", "1"])
+        .spawn();
+    let mut slow = TcpStream::connect(host.addr).await.unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    // While that body stalls, the only Context serves others.
+    assert_eq!(host.get("/").await.status, 200);
+    let answer = String::from_utf8(until_closed(&mut slow).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // A body that keeps coming, slower than the limit in all but not between reads, is fine.
+    let mut steady = TcpStream::connect(host.addr).await.unwrap();
+    steady
+        .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for byte in [b"a", b"b", b"c", b"d"] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        steady.write_all(byte).await.unwrap();
+    }
+    let answer = String::from_utf8(until_closed(&mut steady).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains(r#""body":"abcd""#), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_the_host_waits_then_serves() {
+    let host = HostCmd::new("hello")
+        .args(["--max-connections", "2", "--threads", "1"])
+        .spawn();
+    let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(host.addr).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        let mut buf = [0u8; 12];
+        tcp.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        open.push(tcp);
+    }
+    // A third is accepted by the kernel, then waits: at most one per network thread is taken
+    // beyond the cap, and it is not served until a place frees.
+    let mut third = TcpStream::connect(host.addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    host.wait_stderr(|s| s.contains("at --max-connections: not accepting"));
+    let metrics = host.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains("effe_connection_cap_reached_total 1"),
+        "{metrics}"
+    );
+    drop(open.pop());
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(PATIENCE, third.read_exact(&mut buf))
+        .await
+        .expect("served once a place freed")
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    host.wait_stderr(|s| s.contains("below --max-connections again"));
+}
