@@ -220,6 +220,37 @@ fn plain(status: StatusCode) -> Response<Body> {
     resp
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, whose value is empty (a
+/// target without an authority) or `host[:port]`. hyper parses the field; this rule is ours.
+fn one_valid_host(headers: &http::HeaderMap) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => {
+            let host = host.as_bytes();
+            host.is_empty()
+                || (!host.contains(&b'@')
+                    && http::uri::Authority::try_from(host).is_ok_and(|authority| {
+                        // A port, if any, must be one (the parser takes any digits).
+                        authority.host().len() == host.len() || authority.port_u16().is_some()
+                    }))
+        }
+        _ => false,
+    }
+}
+
+/// 400 for a request whose `Host` breaks RFC 9112 §3.2; the connection closes after it.
+#[cold]
+#[inline(never)]
+fn bad_host(metrics: &Metrics, shard: usize, began: Instant) -> Response<Body> {
+    let mut resp = plain(StatusCode::BAD_REQUEST);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    metrics
+        .shard(shard)
+        .request(Proto::Http1, StatusCode::BAD_REQUEST, began.elapsed());
+    resp
+}
+
 /// 408 for a body that stalled: the connection closes after it (what was left of the body
 /// cannot be told from the next request).
 #[cold]
@@ -367,6 +398,9 @@ impl Future for Reply {
 impl App {
     fn serve(self: &Arc<Self>, req: Request<Incoming>, peer: &Arc<str>, shard: usize) -> Reply {
         let began = Instant::now();
+        if req.version() == http::Version::HTTP_11 && !one_valid_host(req.headers()) {
+            return Reply::Ready(Some(bad_host(&self.metrics, shard, began)));
+        }
         if self.call_mode == CallMode::Inline && req.body().is_end_stream() {
             if let Some(mut lease) = self.pool.try_idle() {
                 let (parts, _) = req.into_parts();

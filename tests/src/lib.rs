@@ -349,6 +349,17 @@ impl Reply {
     }
 }
 
+/// A `GET path` request with the `Host` an HTTP/1.1 request needs, for clients used directly
+/// (hyper's client does not add one; [`send`] does).
+pub fn get_h1(path: &str) -> http::Request<Full<Bytes>> {
+    let mut req = get(path);
+    req.headers_mut().insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("localhost"),
+    );
+    req
+}
+
 /// A `GET path` request with no body.
 pub fn get(path: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(path)

@@ -374,7 +374,7 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
         .unwrap();
     let closed1 = tokio::spawn(conn1);
     assert_eq!(
-        h1.send_request(effe_tests::get("/"))
+        h1.send_request(effe_tests::get_h1("/"))
             .await
             .unwrap()
             .status(),

@@ -96,3 +96,52 @@ async fn at_max_connections_the_host_waits_then_serves() {
     assert_eq!(&buf, b"HTTP/1.1 200");
     host.wait_stderr(|s| s.contains("below --max-connections again"));
 }
+
+/// One raw HTTP/1.x exchange on a new connection: the status line's code.
+async fn status_of(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let answer = String::from_utf8_lossy(&until_closed(&mut tcp).await).into_owned();
+    answer.get(9..12).unwrap_or(&answer).to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_checked_as_rfc_9112_requires() {
+    let host = HostCmd::new("hello").spawn();
+    let close = "connection: close\r\n";
+    for (request, expected) in [
+        (format!("GET / HTTP/1.1\r\n{close}\r\n"), "400"),
+        (
+            format!("GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n{close}\r\n"),
+            "400",
+        ),
+        (format!("GET / HTTP/1.1\r\nhost: a b\r\n{close}\r\n"), "400"),
+        (
+            format!("GET / HTTP/1.1\r\nhost: user@a\r\n{close}\r\n"),
+            "400",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nhost: a:99999999\r\n{close}\r\n"),
+            "400",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nhost: example.com:8080\r\n{close}\r\n"),
+            "200",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nhost: [::1]:80\r\n{close}\r\n"),
+            "200",
+        ),
+        (format!("GET / HTTP/1.1\r\nhost:\r\n{close}\r\n"), "200"),
+        ("GET / HTTP/1.0\r\n\r\n".to_owned(), "200"),
+    ] {
+        assert_eq!(
+            status_of(host.addr, request.as_bytes()).await,
+            expected,
+            "{request:?}"
+        );
+    }
+    // HTTP/2 names the authority in :authority; no Host is needed.
+    let reply = effe_tests::send(host.addr, effe_tests::Proto::Http2, effe_tests::get("/")).await;
+    assert_eq!(reply.status, 200);
+}

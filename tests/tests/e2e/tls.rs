@@ -178,7 +178,13 @@ async fn sighup_rotates_the_certificate_without_dropping_connections() {
             .await
             .unwrap();
     tokio::spawn(conn);
-    assert_eq!(open.send_request(get("/")).await.unwrap().status(), 200);
+    assert_eq!(
+        open.send_request(effe_tests::get_h1("/"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     std::fs::copy(pki("leaf-pkcs8.pem"), &cert).unwrap();
     std::fs::copy(pki("leaf-pkcs8.key"), &key).unwrap();
@@ -187,7 +193,10 @@ async fn sighup_rotates_the_certificate_without_dropping_connections() {
     let after = connect(host.addr, client(&["h2"], None)).await.unwrap();
     assert_eq!(served_leaf(&after), leaf("leaf-pkcs8.pem"));
     assert_eq!(
-        open.send_request(get("/")).await.unwrap().status(),
+        open.send_request(effe_tests::get_h1("/"))
+            .await
+            .unwrap()
+            .status(),
         200,
         "old connection dropped"
     );
@@ -198,7 +207,13 @@ async fn sighup_rotates_the_certificate_without_dropping_connections() {
     host.wait_stderr(|s| s.contains("reload refused"));
     let still = connect(host.addr, client(&["h2"], None)).await.unwrap();
     assert_eq!(served_leaf(&still), leaf("leaf-pkcs8.pem"));
-    assert_eq!(open.send_request(get("/")).await.unwrap().status(), 200);
+    assert_eq!(
+        open.send_request(effe_tests::get_h1("/"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
