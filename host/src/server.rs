@@ -442,18 +442,26 @@ async fn accept_loop(
 ) -> Arc<Drain> {
     let builders = Builders::new(app.header_read_timeout);
     let drain = Drain::new();
+    let mut refused = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    refused.recovered();
+                    conn
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // Out of file descriptors and the like: the connection stays in the
+                    // kernel's queue; wait, longer each time, instead of spinning on it.
+                    let pause = refused.failed(&e);
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
@@ -548,6 +556,58 @@ async fn accept_loop(
         });
     }
     drain
+}
+
+/// Failed accepts (out of file descriptors, mostly), as episodes: one warning when one
+/// begins, one line when it ends (an accept a second or more after the last failure: a host
+/// short of descriptors flaps between one accept and the next failure, and must not log each).
+/// Between failures a pause that doubles from 10 ms to 1 s: never a spin.
+#[derive(Default)]
+struct AcceptFailures {
+    /// Failures in a row, for the pause.
+    in_a_row: u32,
+    /// In the episode: its failures, and the last one's time.
+    episode: Option<(u64, Instant)>,
+}
+
+impl AcceptFailures {
+    #[cold]
+    #[inline(never)]
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        let failures = match self.episode {
+            None => {
+                tracing::warn!(
+                    %error,
+                    "cannot accept connections (out of file descriptors?): retrying, open \
+                     connections are still served"
+                );
+                1
+            }
+            Some((failures, _)) => failures + 1,
+        };
+        self.episode = Some((failures, Instant::now()));
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        let pause = Duration::from_millis(10) * (1 << self.in_a_row.min(7).saturating_sub(1));
+        pause.min(Duration::from_secs(1))
+    }
+
+    fn recovered(&mut self) {
+        self.in_a_row = 0;
+        if self.episode.is_some() {
+            self.maybe_over();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn maybe_over(&mut self) {
+        if let Some((failures, last)) = self.episode {
+            if last.elapsed() >= Duration::from_secs(1) {
+                tracing::info!(failures, "accepting connections again");
+                self.episode = None;
+            }
+        }
+    }
 }
 
 /// Waits at the connection cap until a place frees; says so once per episode.

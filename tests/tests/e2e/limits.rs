@@ -145,3 +145,48 @@ async fn host_is_checked_as_rfc_9112_requires() {
     let reply = effe_tests::send(host.addr, effe_tests::Proto::Http2, effe_tests::get("/")).await;
     assert_eq!(reply.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_host_waits_says_so_once_and_recovers() {
+    // The fewest descriptors the host starts with (the count depends on the build), plus
+    // three: three connections are served, the next ones exhaust the host.
+    let start = |limit| {
+        HostCmd::with_fd_limit("hello", limit)
+            .args(["--threads", "1", "--admin-listen", "off"])
+            .start()
+    };
+    let fewest = (10..64)
+        .find(|limit| {
+            let host = start(*limit);
+            let said = host.wait_stderr(|s| s.contains("listening") || s.contains("effe-host: "));
+            said.contains("listening")
+        })
+        .expect("no descriptor limit let the host start");
+    let mut host = start(fewest + 3);
+    host.wait_listening();
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let mut tcp = TcpStream::connect(host.addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        open.push(tcp);
+    }
+    host.wait_stderr(|s| s.contains("cannot accept connections"));
+    // Descriptors free up: the host accepts again by itself, and serves. The episode ends at
+    // an accept a second after the last failure: keep a client coming until it says so.
+    drop(open);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !host.stderr().contains("accepting connections again") {
+        assert!(std::time::Instant::now() < deadline, "{}", host.stderr());
+        assert_eq!(host.get("/").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, stderr) = host.stop();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot accept connections").count(),
+        1,
+        "one warning per episode: {stderr}"
+    );
+}
