@@ -113,6 +113,29 @@ pub struct Args {
           value_parser = parse_timeout)]
     pub body_read_timeout: Duration,
 
+    /// Largest request head (request line and headers) on HTTP/1.1, and header list on HTTP/2;
+    /// beyond it, 431 (at least 8KiB).
+    #[arg(long, env = "EFFE_MAX_HEADER_SIZE", value_name = "BYTES", default_value = "64KiB",
+          value_parser = parse_head_size)]
+    pub max_header_size: usize,
+
+    /// Most headers in an HTTP/1.1 request; beyond it, 431. (Any value other than 100 costs an
+    /// allocation per request: hyper keeps 100 on the stack.)
+    #[arg(long, env = "EFFE_MAX_HEADERS", value_name = "N", default_value_t = 100,
+          value_parser = parse_at_least_one)]
+    pub max_headers: usize,
+
+    /// Most HTTP/2 streams open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "EFFE_MAX_STREAMS", value_name = "N", default_value_t = 128,
+          value_parser = parse_at_least_one)]
+    pub max_streams: usize,
+
+    /// How often an HTTP/2 connection is PINGed; a peer that does not answer within as long
+    /// again is taken for dead and its connection closed (0: never).
+    #[arg(long, env = "EFFE_H2_PING_INTERVAL", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_duration)]
+    pub h2_ping_interval: Duration,
+
     /// Most client connections open at once, over every network thread: at the cap the host
     /// stops accepting (the kernel's backlog holds new ones) until a connection closes.
     #[arg(long, env = "EFFE_MAX_CONNECTIONS", value_name = "N", default_value_t = 10_000,
@@ -284,6 +307,14 @@ fn parse_bool(s: &str) -> Result<bool, String> {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),
         _ => Err("expected true/false, 1/0, yes/no or on/off".to_owned()),
+    }
+}
+
+/// A head size: at least 8 KiB, hyper's smallest read buffer.
+fn parse_head_size(s: &str) -> Result<usize, String> {
+    match parse_size(s)? {
+        n if n < 8192 => Err("must be at least 8KiB".to_owned()),
+        n => Ok(n),
     }
 }
 
@@ -491,9 +522,9 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     pub pool: crate::pool::PoolConfig,
     pub max_body_size: usize,
-    pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
+    pub http: crate::server::HttpLimits,
     pub shutdown_timeout: Duration,
     pub stop_timeout: Duration,
     /// `None`: Runs have no deadline.
@@ -562,9 +593,16 @@ impl Args {
                 idle_timeout: self.idle_timeout,
             },
             max_body_size: self.max_body_size,
-            header_read_timeout: self.header_read_timeout,
             body_read_timeout: self.body_read_timeout,
             max_connections: self.max_connections,
+            http: crate::server::HttpLimits {
+                header_read_timeout: self.header_read_timeout,
+                max_header_size: self.max_header_size,
+                max_headers: self.max_headers,
+                max_streams: u32::try_from(self.max_streams).unwrap_or(u32::MAX),
+                h2_ping_interval: (!self.h2_ping_interval.is_zero())
+                    .then_some(self.h2_ping_interval),
+            },
             shutdown_timeout: self.shutdown_timeout,
             stop_timeout: self.stop_timeout,
             timeout: (!self.timeout.is_zero()).then_some(self.timeout),

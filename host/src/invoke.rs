@@ -68,7 +68,7 @@ pub(crate) struct App {
     /// `--timeout`: how long a Run may take (enforced on the blocking threads only).
     pub(crate) timeout: Option<Duration>,
     pub(crate) access: Option<Arc<AccessLog>>,
-    pub(crate) header_read_timeout: Duration,
+    pub(crate) http: crate::server::HttpLimits,
     pub(crate) body_read_timeout: Duration,
     pub(crate) max_connections: usize,
     /// Places for `--max-connections`, shared by every network thread.

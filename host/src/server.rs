@@ -255,7 +255,7 @@ async fn listen_and_serve(
         metrics: metrics.clone(),
         timeout: config.timeout,
         access,
-        header_read_timeout: config.header_read_timeout,
+        http: config.http.clone(),
         body_read_timeout: config.body_read_timeout,
         max_connections: config.max_connections,
         connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
@@ -408,21 +408,66 @@ struct Builders {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
+/// What the protocol builders enforce (see the flags of the same names).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    pub max_streams: u32,
+    pub h2_ping_interval: Option<Duration>,
+}
+
+fn http1_limits(http1: &mut hyper::server::conn::http1::Builder, limits: &HttpLimits) {
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_size);
+    // hyper keeps 100 header slots on the stack; any other count is a heap allocation per
+    // request, so only asked for when it differs.
+    if limits.max_headers != 100 {
+        http1.max_headers(limits.max_headers);
+    }
+}
+
+fn http2_limits(
+    http2: &mut hyper::server::conn::http2::Builder<TokioExecutor>,
+    limits: &HttpLimits,
+) {
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    if let Some(every) = limits.h2_ping_interval {
+        http2.keep_alive_interval(every).keep_alive_timeout(every);
+    }
+}
+
 impl Builders {
-    fn new(header_read_timeout: Duration) -> Self {
+    fn new(limits: &HttpLimits) -> Self {
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        auto.http2().timer(TokioTimer::new());
+        {
+            let mut h1 = auto.http1();
+            h1.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_size);
+            if limits.max_headers != 100 {
+                h1.max_headers(limits.max_headers);
+            }
+            let mut h2 = auto.http2();
+            h2.timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_streams)
+                .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+            if let Some(every) = limits.h2_ping_interval {
+                h2.keep_alive_interval(every).keep_alive_timeout(every);
+            }
+        }
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
+        http1_limits(&mut http1, limits);
         let mut http1_last = http1.clone();
         http1_last.keep_alive(false);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
+        http2_limits(&mut http2, limits);
         Builders {
             auto,
             http1,
@@ -440,7 +485,7 @@ async fn accept_loop(
     thread: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Arc<Drain> {
-    let builders = Builders::new(app.header_read_timeout);
+    let builders = Builders::new(&app.http);
     let drain = Drain::new();
     let mut refused = AcceptFailures::default();
     tokio::pin!(shutdown);
@@ -492,7 +537,7 @@ async fn accept_loop(
         let builders = builders.clone();
         let tls = tls.clone();
         let first = service.conn.clone();
-        let head_limit = app.header_read_timeout;
+        let head_limit = app.http.header_read_timeout;
         tokio::spawn(async move {
             let _place = place;
             let result = match tls {

@@ -190,3 +190,88 @@ async fn out_of_file_descriptors_the_host_waits_says_so_once_and_recovers() {
         "one warning per episode: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_head_or_too_many_headers_get_431() {
+    let host = HostCmd::new("hello")
+        .args(["--max-header-size", "16KiB", "--max-headers", "4"])
+        .spawn();
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(status_of(host.addr, big.as_bytes()).await, "431");
+    let many =
+        "GET / HTTP/1.1\r\nhost: x\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\nconnection: close\r\n\r\n";
+    assert_eq!(status_of(host.addr, many.as_bytes()).await, "431");
+    let fine = "GET / HTTP/1.1\r\nhost: x\r\na: 1\r\nconnection: close\r\n\r\n";
+    assert_eq!(status_of(host.addr, fine.as_bytes()).await, "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_gets_at_most_max_streams_at_once() {
+    let holds = effe_tests::Holds::new().await;
+    let host = HostCmd::new("fixture-lifecycle")
+        .args(["--max-streams", "2", "--min-contexts", "3"])
+        .spawn();
+    let tcp = TcpStream::connect(host.addr).await.unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // One exchange first, so that the client has the server's SETTINGS before it opens more.
+    let warm_up = http::Request::get(format!("http://{}/", host.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        h2.clone().send_request(warm_up).await.unwrap().status(),
+        200
+    );
+    let streams: Vec<_> = (0..3)
+        .map(|_| {
+            let mut h2 = h2.clone();
+            let uri = format!("http://{}/hold?{}", host.addr, holds.port());
+            let req = http::Request::get(uri)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            tokio::spawn(async move { h2.send_request(req).await.map(|r| r.status()) })
+        })
+        .collect();
+    let [one, two] = [holds.next().await, holds.next().await];
+    // The client keeps the third stream until one of the two ends (the server's SETTINGS):
+    // nothing more checks in meanwhile.
+    let early = tokio::time::timeout(Duration::from_millis(300), holds.next()).await;
+    assert!(early.is_err(), "a third stream ran beside two");
+    one.release().await;
+    holds.next().await.release().await;
+    two.release().await;
+    for s in streams {
+        assert_eq!(s.await.unwrap().unwrap(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_peer_that_does_not_answer_pings_is_closed() {
+    let host = HostCmd::new("hello")
+        .args([
+            "--h2-ping-interval",
+            "200ms",
+            "--header-read-timeout",
+            "60s",
+        ])
+        .spawn();
+    let mut deaf = TcpStream::connect(host.addr).await.unwrap();
+    // The preface and an empty SETTINGS frame, then nothing: no SETTINGS ACK, no PING ACK.
+    deaf.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let began = std::time::Instant::now();
+    let _ = until_closed(&mut deaf).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "closed by the PING timeout, not by the 60 s header timeout"
+    );
+}
