@@ -529,3 +529,14 @@ impl Held {
         let _ = self.stream.write_all(b"x").await;
     }
 }
+
+/// The value of the sample `series` (a metric name with its labels, exactly as exposed) in a
+/// `/metrics` scrape.
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
+        .parse()
+        .unwrap()
+}

@@ -18,16 +18,6 @@ async fn probe(admin: SocketAddr, path: &str) -> (u16, String) {
     (reply.status, reply.text())
 }
 
-/// The value of the sample `name{labels}` (exactly as exposed), from a scrape.
-fn sample(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
-        .parse()
-        .unwrap()
-}
-
 async fn scrape(host: &Host) -> String {
     let reply = host.admin_get("/metrics").await;
     assert_eq!(reply.status, 200);
@@ -104,9 +94,12 @@ async fn not_ready_while_starts_fail_with_no_context_alive() {
         )
     );
     let metrics = scrape(&host).await;
-    assert_eq!(sample(&metrics, "effe_context_start_failures_total"), 1.0);
     assert_eq!(
-        sample(&metrics, "effe_unavailable_total{reason=\"start_failed\"}"),
+        effe_tests::metric(&metrics, "effe_context_start_failures_total"),
+        1.0
+    );
+    assert_eq!(
+        effe_tests::metric(&metrics, "effe_unavailable_total{reason=\"start_failed\"}"),
         1.0
     );
 }
@@ -119,9 +112,15 @@ async fn metrics_move_with_requests_errors_panics_starts_and_503s() {
         .args(["--queue-timeout", "100ms"])
         .spawn();
     let before = scrape(&host).await;
-    assert_eq!(sample(&before, "effe_context_starts_total"), 1.0);
-    assert_eq!(sample(&before, "effe_contexts{state=\"idle\"}"), 1.0);
-    assert!(sample(&before, "effe_init_duration_seconds") > 0.0);
+    assert_eq!(
+        effe_tests::metric(&before, "effe_context_starts_total"),
+        1.0
+    );
+    assert_eq!(
+        effe_tests::metric(&before, "effe_contexts{state=\"idle\"}"),
+        1.0
+    );
+    assert!(effe_tests::metric(&before, "effe_init_duration_seconds") > 0.0);
     assert!(before.contains("effe_build_info{host_version=\"0.1.0\",effe=\"fixture-lifecycle\",effe_version=\"0.1.0\",effe_abi_version=\"0.1.1\"} 1"), "{before}");
 
     for _ in 0..3 {
@@ -140,8 +139,11 @@ async fn metrics_move_with_requests_errors_panics_starts_and_503s() {
     let held = tokio::spawn(send(host.addr, Proto::Http1, effe_tests::get(&path)));
     let run = holds.next().await;
     let during = scrape(&host).await;
-    assert_eq!(sample(&during, "effe_contexts{state=\"busy\"}"), 1.0);
-    assert_eq!(sample(&during, "effe_requests_in_flight"), 1.0);
+    assert_eq!(
+        effe_tests::metric(&during, "effe_contexts{state=\"busy\"}"),
+        1.0
+    );
+    assert_eq!(effe_tests::metric(&during, "effe_requests_in_flight"), 1.0);
     assert_eq!(host.get("/").await.status, 503);
     run.release().await;
     let reply: Reply = held.await.unwrap();
@@ -149,7 +151,7 @@ async fn metrics_move_with_requests_errors_panics_starts_and_503s() {
 
     let after = scrape(&host).await;
     let h1 = |class: &str| {
-        sample(
+        effe_tests::metric(
             &after,
             &format!("effe_requests_total{{protocol=\"http/1.1\",code=\"{class}\"}}"),
         )
@@ -157,31 +159,34 @@ async fn metrics_move_with_requests_errors_panics_starts_and_503s() {
     assert_eq!(h1("2xx"), 4.0, "three GETs and the held one");
     assert_eq!(h1("5xx"), 3.0, "the error, the panic and the 503");
     assert_eq!(
-        sample(&after, "effe_requests_total{protocol=\"h2\",code=\"2xx\"}"),
-        1.0
-    );
-    assert_eq!(sample(&after, "effe_request_duration_seconds_count"), 8.0);
-    assert_eq!(
-        sample(&after, "effe_run_failures_total{kind=\"error\"}"),
+        effe_tests::metric(&after, "effe_requests_total{protocol=\"h2\",code=\"2xx\"}"),
         1.0
     );
     assert_eq!(
-        sample(&after, "effe_run_failures_total{kind=\"panic\"}"),
+        effe_tests::metric(&after, "effe_request_duration_seconds_count"),
+        8.0
+    );
+    assert_eq!(
+        effe_tests::metric(&after, "effe_run_failures_total{kind=\"error\"}"),
+        1.0
+    );
+    assert_eq!(
+        effe_tests::metric(&after, "effe_run_failures_total{kind=\"panic\"}"),
         1.0
     );
     // The panicking Context was stopped and replaced.
-    assert_eq!(sample(&after, "effe_context_starts_total"), 2.0);
-    assert_eq!(sample(&after, "effe_context_stops_total"), 1.0);
+    assert_eq!(effe_tests::metric(&after, "effe_context_starts_total"), 2.0);
+    assert_eq!(effe_tests::metric(&after, "effe_context_stops_total"), 1.0);
     assert_eq!(
-        sample(&after, "effe_context_start_duration_seconds_count"),
+        effe_tests::metric(&after, "effe_context_start_duration_seconds_count"),
         2.0
     );
     assert_eq!(
-        sample(&after, "effe_unavailable_total{reason=\"queue_timeout\"}"),
+        effe_tests::metric(&after, "effe_unavailable_total{reason=\"queue_timeout\"}"),
         1.0
     );
-    assert!(sample(&after, "effe_context_wait_seconds_count") >= 1.0);
-    assert_eq!(sample(&after, "effe_requests_in_flight"), 0.0);
+    assert!(effe_tests::metric(&after, "effe_context_wait_seconds_count") >= 1.0);
+    assert_eq!(effe_tests::metric(&after, "effe_requests_in_flight"), 0.0);
     let (status, stderr) = host.stop();
     assert!(status.success(), "{stderr}");
 }
@@ -203,12 +208,12 @@ async fn open_connections_are_counted_by_protocol() {
     assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
     let open = scrape(&host).await;
     let series = "effe_connections_open{protocol=\"h2\",tls=\"false\"}";
-    assert_eq!(sample(&open, series), 1.0);
+    assert_eq!(effe_tests::metric(&open, series), 1.0);
     drop(h2);
     let _ = closed.await;
     // The host notices the close on its own time: bounded polling, no fixed sleep.
     let deadline = Instant::now() + effe_tests::PATIENCE;
-    while sample(&scrape(&host).await, series) != 0.0 {
+    while effe_tests::metric(&scrape(&host).await, series) != 0.0 {
         assert!(
             Instant::now() < deadline,
             "the closed connection is still counted"

@@ -5,15 +5,6 @@ use bytes::Bytes;
 use effe_tests::{count, events, send, wait_events, EventLog, Holds, HostCmd, Proto};
 use http_body_util::Full;
 
-fn metric(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_past_its_deadline_gets_504_and_its_context_is_stopped_once_it_returns() {
     let log = EventLog::new();
@@ -46,9 +37,12 @@ async fn a_run_past_its_deadline_gets_504_and_its_context_is_stopped_once_it_ret
     // Quarantined: Context 1 is not reused; its slot stays taken, so the next request gets a
     // new Context (max 2), and Context 1 is not stopped while its Run goes on.
     let scrape = host.admin_get("/metrics").await.text();
-    assert_eq!(metric(&scrape, "effe_contexts{state=\"quarantined\"}"), 1.0);
     assert_eq!(
-        metric(&scrape, "effe_run_failures_total{kind=\"timeout\"}"),
+        effe_tests::metric(&scrape, "effe_contexts{state=\"quarantined\"}"),
+        1.0
+    );
+    assert_eq!(
+        effe_tests::metric(&scrape, "effe_run_failures_total{kind=\"timeout\"}"),
         1.0
     );
     let reply = host.get("/").await;
@@ -61,7 +55,10 @@ async fn a_run_past_its_deadline_gets_504_and_its_context_is_stopped_once_it_ret
     let reply = host.get("/").await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "ctx 2\n"));
     let scrape = host.admin_get("/metrics").await.text();
-    assert_eq!(metric(&scrape, "effe_contexts{state=\"quarantined\"}"), 0.0);
+    assert_eq!(
+        effe_tests::metric(&scrape, "effe_contexts{state=\"quarantined\"}"),
+        0.0
+    );
 
     let (status, stderr) = host.stop();
     assert!(status.success(), "{stderr}");
