@@ -225,17 +225,76 @@ fn plain(status: StatusCode) -> Response<Body> {
 fn one_valid_host(headers: &http::HeaderMap) -> bool {
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(host), None) => {
-            let host = host.as_bytes();
-            host.is_empty()
-                || (!host.contains(&b'@')
-                    && http::uri::Authority::try_from(host).is_ok_and(|authority| {
-                        // A port, if any, must be one (the parser takes any digits).
-                        authority.host().len() == host.len() || authority.port_u16().is_some()
-                    }))
-        }
+        (Some(host), None) => valid_host(host.as_bytes()),
         _ => false,
     }
+}
+
+/// The bytes of a reg-name or IPv4 address: unreserved, percent-encoded, sub-delims.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3), or empty, in one pass: the `http` crate's
+/// `Authority` parse and `port_u16` copy and search, measured at about 1,200 instructions per
+/// request.
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host {
+        [] => return true,
+        [b'[', rest @ ..] => {
+            // An IP literal: hex digits, colons and dots (and a version or zone: rare, refused).
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = &rest[..end];
+            if literal.is_empty()
+                || !literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return false;
+            }
+            match &rest[end + 1..] {
+                [] => return true,
+                [b':', port @ ..] => (&[][..], port),
+                _ => return false,
+            }
+        }
+        _ => match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], &host[colon + 1..]),
+            None => (host, &[][..]),
+        },
+    };
+    let name_ok = name.iter().all(|&b| REG_NAME[usize::from(b)]);
+    let port_ok = port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535;
+    name_ok && port_ok
 }
 
 /// 400 for a request whose `Host` breaks RFC 9112 §3.2; the connection closes after it.
@@ -734,6 +793,29 @@ fn into_response(out: ResponseBuffer) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "",
+            "a",
+            "example.com",
+            "example.com:8080",
+            "a:",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?}");
+        }
+        for bad in [
+            "a b", "user@a", "a:99999", "a:123456", "a:8x", "a:1:2", "[::1", "[]", "[::1]x",
+            "[zz]", "a/b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
 
     #[test]
     fn generated_request_ids_are_prefix_dash_counter_in_hex() {

@@ -681,21 +681,51 @@ async fn at_the_cap(app: &App) -> tokio::sync::OwnedSemaphorePermit {
 
 /// Serves `conn`, but closes it if its first request has not come within `limit`: hyper-util's
 /// protocol sniffing (and hyper's HTTP/2 preface) wait without one, so a client that connects
-/// and sends nothing, or part of the preface, would hold the connection for ever.
-async fn first_request_within<F, T, E>(conn: F, first: &ConnGauge, limit: Duration) -> Result<(), E>
+/// and sends nothing, or part of the preface, would hold the connection for ever. The timer is
+/// looked at only until the first request, then dropped: a select over both on every wake-up
+/// measured about 1,000 instructions per request.
+fn first_request_within<'a, F, T, E>(
+    conn: F,
+    first: &'a ConnGauge,
+    limit: Duration,
+) -> FirstRequestWithin<'a, F>
 where
     F: std::future::Future<Output = Result<T, E>>,
 {
-    tokio::pin!(conn);
-    tokio::select! {
-        served = &mut conn => return served.map(drop),
-        () = tokio::time::sleep(limit) => {}
+    FirstRequestWithin {
+        conn: Box::pin(conn),
+        timer: Some(Box::pin(tokio::time::sleep(limit))),
+        first,
     }
-    if first.seen() {
-        conn.await.map(drop)
-    } else {
-        tracing::debug!("no request within the header read timeout: closed");
-        Ok(())
+}
+
+struct FirstRequestWithin<'a, F> {
+    conn: std::pin::Pin<Box<F>>,
+    /// Until the first request.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    first: &'a ConnGauge,
+}
+
+impl<F, T, E> std::future::Future for FirstRequestWithin<'_, F>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    type Output = Result<(), E>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(timer) = this.timer.as_mut() {
+            if this.first.seen() {
+                this.timer = None;
+            } else if timer.as_mut().poll(cx).is_ready() {
+                tracing::debug!("no request within the header read timeout: closed");
+                return std::task::Poll::Ready(Ok(()));
+            }
+        }
+        this.conn.as_mut().poll(cx).map(|served| served.map(drop))
     }
 }
 
