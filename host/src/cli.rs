@@ -138,6 +138,12 @@ pub struct Args {
           value_parser = parse_duration)]
     pub h2_ping_interval: Duration,
 
+    /// How long a response write may wait for the client to read (as nginx's send_timeout):
+    /// a client that stops reading is disconnected after it.
+    #[arg(long, env = "EFFE_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_timeout)]
+    pub write_timeout: Duration,
+
     /// Most client connections open at once, over every network thread: at the cap the host
     /// stops accepting (the kernel's backlog holds new ones) until a connection closes.
     #[arg(long, env = "EFFE_MAX_CONNECTIONS", value_name = "N", default_value_t = 10_000,
@@ -525,6 +531,7 @@ pub struct Config {
     pub pool: crate::pool::PoolConfig,
     pub max_body_size: usize,
     pub body_read_timeout: Duration,
+    pub write_timeout: Duration,
     pub max_connections: usize,
     pub http: crate::server::HttpLimits,
     pub shutdown_timeout: Duration,
@@ -596,6 +603,7 @@ impl Args {
             },
             max_body_size: self.max_body_size,
             body_read_timeout: self.body_read_timeout,
+            write_timeout: self.write_timeout,
             max_connections: self.max_connections,
             http: crate::server::HttpLimits {
                 header_read_timeout: self.header_read_timeout,

@@ -70,6 +70,7 @@ pub(crate) struct App {
     pub(crate) access: Option<Arc<AccessLog>>,
     pub(crate) http: crate::server::HttpLimits,
     pub(crate) body_read_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     pub(crate) max_connections: usize,
     /// Places for `--max-connections`, shared by every network thread.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,

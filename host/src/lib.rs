@@ -18,6 +18,7 @@ pub mod pool;
 pub mod server;
 pub mod tls;
 pub mod trust;
+pub mod write_timeout;
 
 use std::process::ExitCode;
 

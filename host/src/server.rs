@@ -24,6 +24,7 @@ use crate::metrics::{Build, Metrics};
 use crate::plugin::Plugin;
 use crate::pool::Pool;
 use crate::tls::Tls;
+use crate::write_timeout::WriteTimeout;
 
 /// A single-threaded runtime: one per network thread. Tasks never migrate between threads,
 /// which spares the work-stealing scheduler's bookkeeping on every wake-up.
@@ -257,6 +258,7 @@ async fn listen_and_serve(
         access,
         http: config.http.clone(),
         body_read_timeout: config.body_read_timeout,
+        write_timeout: config.write_timeout,
         max_connections: config.max_connections,
         connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         capped: std::sync::atomic::AtomicBool::new(false),
@@ -538,6 +540,8 @@ async fn accept_loop(
         let tls = tls.clone();
         let first = service.conn.clone();
         let head_limit = app.http.header_read_timeout;
+        // A client that stops reading cannot hold the connection (TLS writes included).
+        let stream = WriteTimeout::new(stream, app.write_timeout);
         tokio::spawn(async move {
             let _place = place;
             let result = match tls {
@@ -596,11 +600,23 @@ async fn accept_loop(
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+                tracing::debug!(error = %chain(&*e), "connection ended with an error");
             }
         });
     }
     drain
+}
+
+/// An error and its sources on one line (hyper's errors say what failed, their sources why).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 /// Failed accepts (out of file descriptors, mostly), as episodes: one warning when one

@@ -275,3 +275,32 @@ async fn an_h2_peer_that_does_not_answer_pings_is_closed() {
         "closed by the PING timeout, not by the 60 s header timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_at_the_write_timeout() {
+    let host = HostCmd::new("echo")
+        .args(["--write-timeout", "500ms"])
+        .env("EFFE_LOG", "info,effe_host::server=debug")
+        .spawn();
+    // A small receive window and a large answer (echo returns the body in hex: ~8 MiB).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(host.addr).await.unwrap();
+    let body = vec![0xffu8; 4 << 20];
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body).await.unwrap();
+    // Read nothing: the host's writes wait, then it gives up on the connection.
+    host.wait_stderr(|s| s.contains("the client read nothing within the write timeout"));
+    let got = until_closed(&mut tcp).await;
+    assert!(
+        got.len() < 8 << 20,
+        "the whole answer arrived ({} bytes): nothing was cut",
+        got.len()
+    );
+    // Others are served all along.
+    assert_eq!(host.get("/").await.status, 200);
+}
