@@ -325,7 +325,11 @@ fn too_slow() -> Response<Body> {
 #[cold]
 #[inline(never)]
 fn internal_error(request_id: &str) -> Response<Body> {
-    let mut resp = plain(StatusCode::INTERNAL_SERVER_ERROR);
+    with_id(plain(StatusCode::INTERNAL_SERVER_ERROR), request_id)
+}
+
+/// `resp` with `x-request-id: request_id` (off the fast path, which carves the value itself).
+fn with_id(mut resp: Response<Body>, request_id: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert(X_REQUEST_ID, v);
     }
@@ -364,7 +368,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Reply;
 
     fn call(&self, req: Request<Incoming>) -> Reply {
-        self.conn.first_request(req.version());
+        self.conn.on_request(req.version());
         self.app.serve(req, &self.peer, self.shard)
     }
 }
@@ -375,6 +379,8 @@ pub(crate) struct ConnGauge {
     metrics: Arc<Metrics>,
     tls: bool,
     counted: std::sync::OnceLock<Conn>,
+    /// Woken by the first request (for a connection served during the drain).
+    arrived: tokio::sync::Notify,
 }
 
 impl ConnGauge {
@@ -383,6 +389,7 @@ impl ConnGauge {
             metrics,
             tls,
             counted: std::sync::OnceLock::new(),
+            arrived: tokio::sync::Notify::new(),
         })
     }
 
@@ -391,7 +398,14 @@ impl ConnGauge {
         self.counted.get().is_some()
     }
 
-    fn first_request(&self, version: http::Version) {
+    /// Resolves once the connection's first request has come.
+    pub(crate) async fn arrived(&self) {
+        if !self.seen() {
+            self.arrived.notified().await;
+        }
+    }
+
+    fn on_request(&self, version: http::Version) {
         if self.counted.get().is_none() {
             self.count(version);
         }
@@ -408,6 +422,8 @@ impl ConnGauge {
         };
         if self.counted.set(conn).is_ok() {
             self.metrics.connection(conn, 1);
+            // Kept as a permit if nobody waits yet.
+            self.arrived.notify_one();
         }
     }
 }
@@ -618,11 +634,7 @@ impl App {
                 ),
             },
         );
-        let mut resp = plain(StatusCode::GATEWAY_TIMEOUT);
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            resp.headers_mut().insert(X_REQUEST_ID, v);
-        }
-        resp
+        with_id(plain(StatusCode::GATEWAY_TIMEOUT), request_id)
     }
 
     /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails),
@@ -710,7 +722,7 @@ impl App {
     fn stamp_id(&self, resp: &mut Response<Body>, sent: Option<HeaderValue>) {
         let id = match sent.filter(|v| usable_request_id(v).is_some()) {
             Some(v) => Some(v),
-            None => HeaderValue::from_str(self.ids.next().as_str()).ok(),
+            None => self.ids.next().header_value(),
         };
         if let Some(v) = id {
             resp.headers_mut().insert(X_REQUEST_ID, v);
@@ -743,11 +755,7 @@ impl App {
             lease.retire();
             internal_error(request_id)
         } else if out.is_written() && !out.is_broken() {
-            let mut resp = into_response(out);
-            if let Ok(v) = HeaderValue::from_str(request_id) {
-                resp.headers_mut().insert(X_REQUEST_ID, v);
-            }
-            resp
+            with_id(into_response(out), request_id)
         } else {
             internal_error(request_id)
         }

@@ -63,7 +63,7 @@ fn run(args: cli::Args) -> Result<(), Fatal> {
     }
     // Signals are handled from before Init on: a SIGHUP (certificate rotation) while a slow
     // Init runs must not kill the host.
-    let runtime = server::main_runtime(&config)?;
+    let runtime = server::runtime(&config)?;
     let signals = {
         let _entered = runtime.enter();
         server::Signals::install()?

@@ -26,9 +26,10 @@ use crate::pool::Pool;
 use crate::tls::Tls;
 use crate::write_timeout::WriteTimeout;
 
-/// A single-threaded runtime: one per network thread. Tasks never migrate between threads,
-/// which spares the work-stealing scheduler's bookkeeping on every wake-up.
-fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, Fatal> {
+/// A single-threaded runtime: one per network thread (the main one also runs the pool's tasks
+/// and the signal handlers). Tasks never migrate between threads, which spares the
+/// work-stealing scheduler's bookkeeping on every wake-up.
+pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, Fatal> {
     tokio::runtime::Builder::new_current_thread()
         // Run calls (thread mode), Starts and Stops: bounded by the pool, plus headroom.
         .max_blocking_threads(config.pool.max * 2 + 16)
@@ -82,11 +83,6 @@ impl Signals {
             hup: on(SignalKind::hangup())?,
         })
     }
-}
-
-/// The main runtime: network thread 0, the pool's tasks and the signal handlers.
-pub fn main_runtime(config: &Config) -> Result<tokio::runtime::Runtime, Fatal> {
-    runtime(config)
 }
 
 /// Starts the minimum Contexts, listens on every network thread, serves until SIGTERM/SIGINT,
@@ -763,39 +759,13 @@ where
     if !h2 {
         return Ok(builders.http1_last.serve_connection(io, service).await?);
     }
-    let first = Arc::new(tokio::sync::Notify::new());
-    let service = FirstCall {
-        inner: service,
-        first: first.clone(),
-    };
+    let first = service.conn.clone();
     let conn = builders.http2.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
         served = conn.as_mut() => return Ok(served?),
-        _ = tokio::time::timeout(patience, first.notified()) => {}
+        _ = tokio::time::timeout(patience, first.arrived()) => {}
     }
     conn.as_mut().graceful_shutdown();
     Ok(conn.await?)
-}
-
-/// A service that tells when it is first called (for [`serve_late`] only: it costs a wake-up
-/// per request).
-#[derive(Clone)]
-struct FirstCall {
-    inner: ConnService,
-    first: Arc<tokio::sync::Notify>,
-}
-
-impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FirstCall {
-    type Response =
-        <ConnService as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Response;
-    type Error =
-        <ConnService as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Error;
-    type Future =
-        <ConnService as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Future;
-
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        self.first.notify_one();
-        self.inner.call(req)
-    }
 }
