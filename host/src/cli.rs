@@ -106,6 +106,14 @@ pub struct Args {
           value_parser = parse_timeout)]
     pub header_read_timeout: Duration,
 
+    /// How long a connection may stay open with no request in progress (as nginx's
+    /// keepalive_timeout): then it is closed gracefully (a GOAWAY on HTTP/2). An idle
+    /// HTTP/1.1 connection is also closed at the header read timeout, if that comes first:
+    /// hyper counts the wait for the next request's head.
+    #[arg(long, env = "EFFE_KEEP_ALIVE_TIMEOUT", value_name = "DURATION", default_value = "75s",
+          value_parser = parse_timeout)]
+    pub keep_alive_timeout: Duration,
+
     /// How long a request body may go without a byte arriving (as nginx's
     /// client_body_timeout): then 408 and the connection closes. The body is read before a
     /// Context is taken, so a slow body holds none.
@@ -274,7 +282,7 @@ const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
 const DURATION_EXAMPLES: &str = "expected a duration such as 500ms, 2s, 1m";
 
 /// A duration, `0` included (a bare `0` needs no unit).
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -294,7 +302,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A duration that must not be zero: a zero timeout would fail every handshake, request or
 /// Stop it bounds.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err("must be more than 0".to_owned()),
         d => Ok(d),
@@ -310,7 +318,7 @@ fn parse_at_least_one(s: &str) -> Result<usize, String> {
 }
 
 /// The usual spellings of a boolean, in any case: what container environments are written with.
-fn parse_bool(s: &str) -> Result<bool, String> {
+pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),
@@ -327,7 +335,7 @@ fn parse_head_size(s: &str) -> Result<usize, String> {
 }
 
 /// Bytes, or a whole number with a unit: SI (KB = 1000) or binary (KiB = 1024), any case.
-fn parse_size(s: &str) -> Result<usize, String> {
+pub fn parse_size(s: &str) -> Result<usize, String> {
     const UNITS: &str =
         "expected bytes, or a number with B, KB, MB, GB, KiB, MiB or GiB (e.g. 6MiB)";
     let s = s.trim();
@@ -366,7 +374,7 @@ impl Listen {
         "expected PORT, :PORT, HOST:PORT or [IPv6]:PORT, such as 8080, :8080, localhost:8080, \
          [::1]:8080";
 
-    fn parse(s: &str) -> Result<Listen, String> {
+    pub fn parse(s: &str) -> Result<Listen, String> {
         let s = s.trim();
         let port = |p: &str| {
             p.parse::<u16>()
@@ -607,6 +615,7 @@ impl Args {
             max_connections: self.max_connections,
             http: crate::server::HttpLimits {
                 header_read_timeout: self.header_read_timeout,
+                keep_alive_timeout: self.keep_alive_timeout,
                 max_header_size: self.max_header_size,
                 max_headers: self.max_headers,
                 max_streams: u32::try_from(self.max_streams).unwrap_or(u32::MAX),

@@ -95,6 +95,15 @@ pub struct Watched<C> {
     admitted: Admitted,
 }
 
+impl<C: GracefulConnection> Watched<C> {
+    /// Asks the connection to finish what is in flight and close, unless it was asked already.
+    pub fn close_gracefully(&mut self) {
+        if self.stop.take().is_some() {
+            self.conn.as_mut().graceful_shutdown();
+        }
+    }
+}
+
 impl<C: GracefulConnection> Future for Watched<C> {
     type Output = C::Output;
 
@@ -106,8 +115,7 @@ impl<C: GracefulConnection> Future for Watched<C> {
                 this.registered = true;
                 let fired = stop.as_mut().poll(cx).is_ready();
                 if fired || this.admitted.stopping() {
-                    this.stop = None;
-                    this.conn.as_mut().graceful_shutdown();
+                    this.close_gracefully();
                 }
             }
         }

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -24,6 +24,7 @@ use crate::log::RunLog;
 use crate::metrics::{Conn, Metrics, Proto, Shard, Unavailable};
 use crate::plugin::{Call, Context, Failure, Plugin};
 use crate::pool::{AcquireError, Lease, Manager, Pool};
+use crate::rules;
 
 /// The pool's view of the effe: Start and Stop, counted, with failures logged.
 pub struct Effes {
@@ -198,7 +199,7 @@ impl RequestId {
 /// A constant, so that the per-request lookup does not parse the name.
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-fn usable_request_id(v: &HeaderValue) -> Option<&str> {
+pub fn usable_request_id(v: &HeaderValue) -> Option<&str> {
     let bytes = v.as_bytes();
     let ok = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic());
     if ok {
@@ -221,93 +222,26 @@ fn plain(status: StatusCode) -> Response<Body> {
     resp
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, whose value is empty (a
-/// target without an authority) or `host[:port]`. hyper parses the field; this rule is ours.
-fn one_valid_host(headers: &http::HeaderMap) -> bool {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(host), None) => valid_host(host.as_bytes()),
-        _ => false,
-    }
-}
-
-/// The bytes of a reg-name or IPv4 address: unreserved, percent-encoded, sub-delims.
-const REG_NAME: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            );
-        b += 1;
-    }
-    table
-};
-
-/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3), or empty, in one pass: the `http` crate's
-/// `Authority` parse and `port_u16` copy and search, measured at about 1,200 instructions per
-/// request.
-fn valid_host(host: &[u8]) -> bool {
-    let (name, port) = match host {
-        [] => return true,
-        [b'[', rest @ ..] => {
-            // An IP literal: hex digits, colons and dots (and a version or zone: rare, refused).
-            let Some(end) = rest.iter().position(|&b| b == b']') else {
-                return false;
-            };
-            let literal = &rest[..end];
-            if literal.is_empty()
-                || !literal
-                    .iter()
-                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-            {
-                return false;
-            }
-            match &rest[end + 1..] {
-                [] => return true,
-                [b':', port @ ..] => (&[][..], port),
-                _ => return false,
-            }
-        }
-        _ => match host.iter().position(|&b| b == b':') {
-            Some(colon) => (&host[..colon], &host[colon + 1..]),
-            None => (host, &[][..]),
-        },
-    };
-    let name_ok = name.iter().all(|&b| REG_NAME[usize::from(b)]);
-    let port_ok = port.len() <= 5
-        && port.iter().all(u8::is_ascii_digit)
-        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535;
-    name_ok && port_ok
-}
-
-/// 400 for a request whose `Host` breaks RFC 9112 §3.2; the connection closes after it.
+/// The answer to a request that breaks a rule of [`rules`].
 #[cold]
 #[inline(never)]
-fn bad_host(metrics: &Metrics, shard: usize, began: Instant) -> Response<Body> {
-    let mut resp = plain(StatusCode::BAD_REQUEST);
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+fn refused(
+    status: StatusCode,
+    version: http::Version,
+    metrics: &Metrics,
+    shard: usize,
+    began: Instant,
+) -> Response<Body> {
+    let mut resp = plain(status);
+    if version != http::Version::HTTP_2 {
+        // The request may have been framed otherwise than its client meant: nothing more is
+        // read from this connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     metrics
         .shard(shard)
-        .request(Proto::Http1, StatusCode::BAD_REQUEST, began.elapsed());
+        .request(Proto::of(version), status, began.elapsed());
     resp
 }
 
@@ -368,19 +302,30 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Reply;
 
     fn call(&self, req: Request<Incoming>) -> Reply {
-        self.conn.on_request(req.version());
-        self.app.serve(req, &self.peer, self.shard)
+        let now = Instant::now();
+        self.conn.on_request(req.version(), now);
+        self.app.serve(req, &self.peer, self.shard, &self.conn, now)
     }
 }
 
 /// Counts one connection in the open-connections gauge, from its first request (when its
 /// protocol is known, even on cleartext where HTTP/2 is sniffed) until it is dropped.
+///
+/// It also keeps the connection's activity for the idle timeout: when its latest request came
+/// or ended, and how many are on the general path still.
 pub(crate) struct ConnGauge {
     metrics: Arc<Metrics>,
     tls: bool,
     counted: std::sync::OnceLock<Conn>,
     /// Woken by the first request (for a connection served during the drain).
     arrived: tokio::sync::Notify,
+    /// When the connection was accepted: activity is counted from here.
+    born: Instant,
+    /// Nanoseconds from `born` to the latest request's arrival, or end on the general path.
+    last: AtomicU64,
+    /// Requests on the general path (a body, a wait for a Context, a blocking Run) not yet
+    /// answered. The fast path answers within hyper's call: nothing to count.
+    busy: AtomicU32,
 }
 
 impl ConnGauge {
@@ -390,7 +335,29 @@ impl ConnGauge {
             tls,
             counted: std::sync::OnceLock::new(),
             arrived: tokio::sync::Notify::new(),
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+            busy: AtomicU32::new(0),
         })
+    }
+
+    /// When the connection was accepted.
+    pub(crate) fn born(&self) -> Instant {
+        self.born
+    }
+
+    /// When the connection was last seen active, if no request is in progress on it.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.born + Duration::from_nanos(self.last.load(Ordering::Relaxed)))
+    }
+
+    fn active_at(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.born).as_nanos();
+        self.last
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Whether a request has come on this connection.
@@ -405,7 +372,8 @@ impl ConnGauge {
         }
     }
 
-    fn on_request(&self, version: http::Version) {
+    fn on_request(&self, version: http::Version, now: Instant) {
+        self.active_at(now);
         if self.counted.get().is_none() {
             self.count(version);
         }
@@ -433,6 +401,24 @@ impl Drop for ConnGauge {
         if let Some(conn) = self.counted.get() {
             self.metrics.connection(*conn, -1);
         }
+    }
+}
+
+/// A request on the general path, counted as the connection's activity until it is answered
+/// (or its client goes away).
+struct Busy(Arc<ConnGauge>);
+
+impl Busy {
+    fn new(conn: &Arc<ConnGauge>) -> Self {
+        conn.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(conn.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.active_at(Instant::now());
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -472,10 +458,17 @@ impl Future for Reply {
 }
 
 impl App {
-    fn serve(self: &Arc<Self>, req: Request<Incoming>, peer: &Arc<str>, shard: usize) -> Reply {
-        let began = Instant::now();
-        if req.version() == http::Version::HTTP_11 && !one_valid_host(req.headers()) {
-            return Reply::Ready(Some(bad_host(&self.metrics, shard, began)));
+    fn serve(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: &Arc<str>,
+        shard: usize,
+        conn: &Arc<ConnGauge>,
+        began: Instant,
+    ) -> Reply {
+        if let Err(status) = rules::check(&mut req) {
+            let resp = refused(status, req.version(), &self.metrics, shard, began);
+            return Reply::Ready(Some(resp));
         }
         if self.call_mode == CallMode::Inline && req.body().is_end_stream() {
             if let Some(mut lease) = self.pool.try_idle() {
@@ -498,11 +491,13 @@ impl App {
                 return Reply::Ready(Some(resp));
             }
         }
+        let busy = Busy::new(conn);
         Reply::Later(Box::pin(self.clone().handle(
             req,
             peer.clone(),
             shard,
             began,
+            busy,
         )))
     }
 
@@ -512,6 +507,7 @@ impl App {
         peer: Arc<str>,
         shard: usize,
         began: Instant,
+        _busy: Busy,
     ) -> Response<Body> {
         let proto = Proto::of(req.version());
         let sent = req.headers().get(X_REQUEST_ID).cloned();
@@ -802,29 +798,6 @@ fn into_response(out: ResponseBuffer) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_values() {
-        for ok in [
-            "",
-            "a",
-            "example.com",
-            "example.com:8080",
-            "a:",
-            "10.0.0.1:80",
-            "[::1]",
-            "[::1]:443",
-            "xn--bcher-kva.example",
-        ] {
-            assert!(valid_host(ok.as_bytes()), "{ok:?}");
-        }
-        for bad in [
-            "a b", "user@a", "a:99999", "a:123456", "a:8x", "a:1:2", "[::1", "[]", "[::1]x",
-            "[zz]", "a/b",
-        ] {
-            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
-        }
-    }
 
     #[test]
     fn generated_request_ids_are_prefix_dash_counter_in_hex() {

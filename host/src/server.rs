@@ -18,6 +18,7 @@ use crate::admin::{self, Health};
 use crate::cli::{CallMode, Config};
 use crate::drain::Drain;
 use crate::error::Fatal;
+use crate::idle::quiet_within;
 use crate::invoke::{App, ConnGauge, ConnService, Effes, RequestIds};
 use crate::log::RunLog;
 use crate::metrics::{Build, Metrics};
@@ -410,6 +411,7 @@ struct Builders {
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
     pub max_header_size: usize,
     pub max_headers: usize,
     pub max_streams: u32,
@@ -534,8 +536,8 @@ async fn accept_loop(
         let admitted = drain.admit();
         let builders = builders.clone();
         let tls = tls.clone();
-        let first = service.conn.clone();
-        let head_limit = app.http.header_read_timeout;
+        let gauge = service.conn.clone();
+        let (first, idle) = (app.http.header_read_timeout, app.http.keep_alive_timeout);
         // A client that stops reading cannot hold the connection (TLS writes included).
         let stream = WriteTimeout::new(stream, app.write_timeout);
         tokio::spawn(async move {
@@ -545,8 +547,7 @@ async fn accept_loop(
                     let conn = builders
                         .auto
                         .serve_connection(TokioIo::new(stream), service);
-                    let served = admitted.watch(conn.into_owned());
-                    first_request_within(served, &first, head_limit).await
+                    quiet_within(admitted.watch(conn.into_owned()), gauge, first, idle).await
                 }
                 Some(tls) => {
                     // The handshake runs here, in the connection's own task, bounded: a client
@@ -582,14 +583,12 @@ async fn accept_loop(
                     } else if h2 {
                         // hyper's HTTP/2 server waits for the preface without a limit.
                         let conn = builders.http2.serve_connection(io, service);
-                        let served = admitted.watch(conn);
-                        first_request_within(served, &first, head_limit)
+                        quiet_within(admitted.watch(conn), gauge, first, idle)
                             .await
                             .map_err(Into::into)
                     } else {
                         let conn = builders.http1.serve_connection(io, service);
-                        let served = admitted.watch(conn);
-                        first_request_within(served, &first, head_limit)
+                        quiet_within(admitted.watch(conn), gauge, first, idle)
                             .await
                             .map_err(Into::into)
                     }
@@ -689,56 +688,6 @@ async fn at_the_cap(app: &App) -> tokio::sync::OwnedSemaphorePermit {
         tracing::info!("below --max-connections again: accepting");
     }
     place
-}
-
-/// Serves `conn`, but closes it if its first request has not come within `limit`: hyper-util's
-/// protocol sniffing (and hyper's HTTP/2 preface) wait without one, so a client that connects
-/// and sends nothing, or part of the preface, would hold the connection for ever. The timer is
-/// looked at only until the first request, then dropped: a select over both on every wake-up
-/// measured about 1,000 instructions per request.
-fn first_request_within<'a, F, T, E>(
-    conn: F,
-    first: &'a ConnGauge,
-    limit: Duration,
-) -> FirstRequestWithin<'a, F>
-where
-    F: std::future::Future<Output = Result<T, E>>,
-{
-    FirstRequestWithin {
-        conn: Box::pin(conn),
-        timer: Some(Box::pin(tokio::time::sleep(limit))),
-        first,
-    }
-}
-
-struct FirstRequestWithin<'a, F> {
-    conn: std::pin::Pin<Box<F>>,
-    /// Until the first request.
-    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    first: &'a ConnGauge,
-}
-
-impl<F, T, E> std::future::Future for FirstRequestWithin<'_, F>
-where
-    F: std::future::Future<Output = Result<T, E>>,
-{
-    type Output = Result<(), E>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = &mut *self;
-        if let Some(timer) = this.timer.as_mut() {
-            if this.first.seen() {
-                this.timer = None;
-            } else if timer.as_mut().poll(cx).is_ready() {
-                tracing::debug!("no request within the header read timeout: closed");
-                return std::task::Poll::Ready(Ok(()));
-            }
-        }
-        this.conn.as_mut().poll(cx).map(|served| served.map(drop))
-    }
 }
 
 /// Serves a TLS connection that was accepted before the shutdown signal but finished its

@@ -304,3 +304,123 @@ async fn a_client_that_stops_reading_is_disconnected_at_the_write_timeout() {
     // Others are served all along.
     assert_eq!(host.get("/").await.status, 200);
 }
+
+/// The HTTP/2 frames the host sends on `tcp` until it closes: (type, flags, stream, payload).
+/// PINGs are answered if `answer_pings`.
+async fn h2_frames_until_closed(
+    tcp: &mut TcpStream,
+    answer_pings: bool,
+) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if tcp.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0; len];
+            if tcp.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let (kind, flags) = (head[3], head[4]);
+            if kind == PING && flags & 1 == 0 && answer_pings {
+                let mut ack = vec![0, 0, 8, PING, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                let _ = tcp.write_all(&ack).await;
+            }
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
+            frames.push((kind, flags, stream, payload));
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("the host closed the connection");
+    frames
+}
+
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const HEADERS: u8 = 1;
+
+/// The h2 preface, an empty SETTINGS, and `GET path` on stream 1 (HPACK: indexed `:method GET`
+/// and `:scheme http`, a literal `:path`, a literal `:authority x`).
+fn h2_get(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x41, 0x01, b'x']);
+    let mut bytes =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    let len = (block.len() as u32).to_be_bytes();
+    // HEADERS, END_STREAM | END_HEADERS, stream 1.
+    bytes.extend_from_slice(&[len[1], len[2], len[3], HEADERS, 0x05, 0, 0, 0, 1]);
+    bytes.extend_from_slice(&block);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_at_the_keep_alive_timeout() {
+    let host = HostCmd::new("fixture-lifecycle")
+        .args(["--keep-alive-timeout", "700ms"])
+        .spawn();
+    let keep_alive = Duration::from_millis(700);
+
+    // HTTP/2: a GOAWAY once the connection has been idle, and only after the answer of the
+    // request that took longer than the timeout; the final GOAWAY says NO_ERROR, last stream 1.
+    let mut h2 = TcpStream::connect(host.addr).await.unwrap();
+    h2.write_all(&h2_get("/sleep?1200")).await.unwrap();
+    let began = std::time::Instant::now();
+    let frames = h2_frames_until_closed(&mut h2, true).await;
+    let closed_after = began.elapsed();
+    let answer = frames
+        .iter()
+        .position(|f| f.0 == HEADERS)
+        .expect("an answer");
+    let goaways: Vec<_> = (0..frames.len())
+        .filter(|&i| frames[i].0 == GOAWAY)
+        .collect();
+    assert!(
+        answer < goaways[0],
+        "a GOAWAY came before the answer: {frames:?}"
+    );
+    assert_eq!(frames[*goaways.last().unwrap()].3, [0, 0, 0, 1, 0, 0, 0, 0]);
+    assert!(
+        closed_after >= Duration::from_millis(1200) + keep_alive,
+        "{closed_after:?}"
+    );
+
+    // A peer that does not answer the graceful close's PING (gone, or deaf) is closed after as
+    // long again.
+    let mut deaf = TcpStream::connect(host.addr).await.unwrap();
+    deaf.write_all(&h2_get("/")).await.unwrap();
+    let began = std::time::Instant::now();
+    let frames = h2_frames_until_closed(&mut deaf, false).await;
+    assert!(frames.iter().any(|f| f.0 == GOAWAY), "{frames:?}");
+    assert!(began.elapsed() >= keep_alive * 2, "{:?}", began.elapsed());
+
+    // HTTP/1.1: kept open (no `connection: close`) through a long request, closed once idle.
+    let mut h1 = TcpStream::connect(host.addr).await.unwrap();
+    h1.write_all(b"GET /sleep?1200 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let began = std::time::Instant::now();
+    let got = String::from_utf8(until_closed(&mut h1).await).unwrap();
+    let closed_after = began.elapsed();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(!got.contains("connection: close"), "{got}");
+    assert!(
+        closed_after >= Duration::from_millis(1200) + keep_alive,
+        "{closed_after:?}"
+    );
+
+    // The keep-alive timeout is not a limit on the first request (that is the header read
+    // timeout's, 30 s by default here): a client slower than 700 ms to send it is served.
+    let mut slow = TcpStream::connect(host.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(keep_alive * 2).await;
+    slow.write_all(b"host: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let got = String::from_utf8(until_closed(&mut slow).await).unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}
