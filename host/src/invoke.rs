@@ -245,6 +245,16 @@ fn refused(
     resp
 }
 
+/// 413: the connection closes after it rather than read the rest of the body (as nginx).
+#[cold]
+#[inline(never)]
+fn too_large() -> Response<Body> {
+    let mut resp = plain(StatusCode::PAYLOAD_TOO_LARGE);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// 408 for a body that stalled: the connection closes after it (what was left of the body
 /// cannot be told from the next request).
 #[cold]
@@ -640,7 +650,7 @@ impl App {
         // A declared length over the limit is refused before the first read, which is what
         // would answer `Expect: 100-continue`: the client is not invited to send it.
         if body.size_hint().lower() > self.max_body_size as u64 {
-            return Err(plain(StatusCode::PAYLOAD_TOO_LARGE));
+            return Err(too_large());
         }
         let mut body = Limited::new(body, self.max_body_size);
         // One frame is the usual case: kept as it came, without a copy.
@@ -652,7 +662,7 @@ impl App {
                 Ok(None) => break,
                 Ok(Some(Ok(frame))) => frame,
                 Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Err(plain(StatusCode::PAYLOAD_TOO_LARGE))
+                    return Err(too_large())
                 }
                 Ok(Some(Err(_))) => return Err(plain(StatusCode::BAD_REQUEST)),
             };
@@ -789,6 +799,12 @@ fn log_access(
 
 fn into_response(out: ResponseBuffer) -> Response<Body> {
     let (status, headers, body) = out.into_parts();
+    // RFC 9110 §15.3.6: a 205 has no content (hyper drops it only for 204 and 304).
+    let body = if status == StatusCode::RESET_CONTENT {
+        Vec::new()
+    } else {
+        body
+    };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;

@@ -291,7 +291,8 @@ impl Plugin {
         let deadline = call
             .deadline_ms
             .map(|ms| Header::new(DEADLINE_HEADER, decimal(ms, &mut digits)));
-        let count = call.parts.headers.len() + usize::from(deadline.is_some());
+        let added = [authority_as_host(call.parts), deadline];
+        let count = call.parts.headers.len() + added.iter().flatten().count();
         let headers: &[Header<'_>] = if count <= ON_STACK {
             let mut n = 0;
             for (name, value) in &call.parts.headers {
@@ -301,13 +302,13 @@ impl Plugin {
                     n += 1;
                 }
             }
-            if let Some(deadline) = deadline {
-                on_stack[n] = deadline;
+            for header in added.into_iter().flatten() {
+                on_stack[n] = header;
                 n += 1;
             }
             &on_stack[..n]
         } else {
-            spilled = spill(&call.parts.headers, deadline);
+            spilled = spill(&call.parts.headers, added);
             &spilled
         };
         let target = call
@@ -366,13 +367,24 @@ fn format_decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// More headers than fit on the stack: rare, and kept out of the hot path.
 #[cold]
 #[inline(never)]
-fn spill<'a>(headers: &'a http::HeaderMap, deadline: Option<Header<'a>>) -> Vec<Header<'a>> {
+fn spill<'a>(headers: &'a http::HeaderMap, added: [Option<Header<'a>>; 2]) -> Vec<Header<'a>> {
     headers
         .iter()
         .filter(|(name, _)| name.as_str() != DEADLINE_HEADER)
         .map(|(name, value)| Header::new(name.as_str(), value.as_bytes()))
-        .chain(deadline)
+        .chain(added.into_iter().flatten())
         .collect()
+}
+
+/// HTTP/2's `:authority` as the `host` an effe reads, when the client sent no `host` (RFC 9113
+/// §8.3.1: what a gateway to HTTP/1.1 does; `rules` refuses a `host` that disagrees with it).
+/// Borrowed, not inserted into the request's headers: no allocation.
+fn authority_as_host(parts: &http::request::Parts) -> Option<Header<'_>> {
+    if parts.version != http::Version::HTTP_2 || parts.headers.contains_key(http::header::HOST) {
+        return None;
+    }
+    let authority = parts.uri.authority()?;
+    Some(Header::new("host", authority.as_str().as_bytes()))
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ pub(crate) fn check<B: hyper::body::Body>(req: &mut Request<B>) -> Result<(), St
     if !origin_form {
         other_target_form(req)?;
     }
+    if req.uri().path().contains('%') {
+        percent_encoded(req.uri().path())?;
+    }
     if !req.body().is_end_stream() && req.headers().contains_key(TRANSFER_ENCODING) {
         transfer_coding(req.headers())?;
     }
@@ -73,6 +76,23 @@ fn authority_of(uri: &Uri) -> Option<HeaderValue> {
     HeaderValue::from_str(authority).ok()
 }
 
+/// RFC 3986 §2.1: `%` starts two hex digits. Refused otherwise (as nginx does), since what
+/// such a path means depends on who decodes it.
+#[cold]
+#[inline(never)]
+fn percent_encoded(path: &str) -> Result<(), StatusCode> {
+    let mut bytes = path.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_hexdigit());
+            if !hex(bytes.next()) || !hex(bytes.next()) {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// RFC 9112 §6.1 and §7: hyper reads a body whose last coding is `chunked`; the host decodes
 /// no other coding (501, as the RFC asks), and `chunked` twice is not a framing (400).
 #[cold]
@@ -96,9 +116,9 @@ fn transfer_coding(headers: &HeaderMap) -> Result<(), StatusCode> {
 }
 
 /// RFC 9113 §8.3.1 and §8.5: the h2 crate checks the pseudo-headers; the meaning is ours.
-/// `:authority` is the host an effe reads from `Host` (added when the client sent none, as a
-/// gateway to HTTP/1.1 must); a `Host` naming another is malformed.
-fn check_h2<B>(req: &mut Request<B>) -> Result<(), StatusCode> {
+/// `:authority` is what an effe reads as `host` (the request view adds it when the client sent
+/// no `host`); a `host` naming another is malformed.
+fn check_h2<B>(req: &Request<B>) -> Result<(), StatusCode> {
     if req.method() == Method::CONNECT {
         return Err(StatusCode::NOT_IMPLEMENTED);
     }
@@ -106,18 +126,23 @@ fn check_h2<B>(req: &mut Request<B>) -> Result<(), StatusCode> {
     if uri.path() == "*" && req.method() != Method::OPTIONS {
         return Err(StatusCode::BAD_REQUEST);
     }
-    let Some(authority) = uri.authority() else {
-        return Ok(());
+    if uri.path().contains('%') {
+        percent_encoded(uri.path())?;
+    }
+    // §8.2.1: a value with leading or trailing whitespace makes the request malformed (HTTP/1.1
+    // parsers strip it; HPACK carries it as sent).
+    let padded = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
     };
-    match req.headers().get(HOST) {
-        Some(host) if host.as_bytes() == authority.as_str().as_bytes() => Ok(()),
-        Some(_) => Err(StatusCode::BAD_REQUEST),
-        None => {
-            let host =
-                HeaderValue::from_str(authority.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?;
-            req.headers_mut().insert(HOST, host);
-            Ok(())
+    if req.headers().values().any(padded) {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    match (uri.authority(), req.headers().get(HOST)) {
+        (Some(authority), Some(host)) if host.as_bytes() != authority.as_str().as_bytes() => {
+            Err(StatusCode::BAD_REQUEST)
         }
+        _ => Ok(()),
     }
 }
 
@@ -278,19 +303,38 @@ mod tests {
     }
 
     #[test]
-    fn h2_authority_becomes_host_and_must_agree_with_one() {
+    fn h2_host_must_agree_with_the_authority() {
         let h2 = |headers: &[(&str, &str)]| {
             let mut req = request("GET", "https://a.example/x", headers);
             *req.version_mut() = Version::HTTP_2;
             req
         };
-        let mut req = h2(&[]);
-        assert_eq!(check(&mut req), Ok(()));
-        assert_eq!(req.headers()[HOST], "a.example");
+        assert_eq!(check(&mut h2(&[])), Ok(()));
         assert_eq!(check(&mut h2(&[("host", "a.example")])), Ok(()));
         assert_eq!(
             check(&mut h2(&[("host", "b.example")])),
             Err(StatusCode::BAD_REQUEST)
         );
+        assert_eq!(check(&mut h2(&[("a", " x")])), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            check(&mut h2(&[("a", "x\t")])),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(check(&mut h2(&[("a", "x y")])), Ok(()));
+    }
+
+    #[test]
+    fn a_percent_starts_two_hex_digits() {
+        for (target, expected) in [
+            ("/a%20b", Ok(())),
+            ("/a%2F", Ok(())),
+            ("/a%zz", Err(StatusCode::BAD_REQUEST)),
+            ("/a%2", Err(StatusCode::BAD_REQUEST)),
+            ("/a%", Err(StatusCode::BAD_REQUEST)),
+            ("/a?q=%zz", Ok(())),
+        ] {
+            let mut req = request("GET", target, &[("host", "a")]);
+            assert_eq!(check(&mut req), expected, "{target}");
+        }
     }
 }

@@ -419,10 +419,13 @@ pub struct HttpLimits {
 }
 
 fn http1_limits(http1: &mut hyper::server::conn::http1::Builder, limits: &HttpLimits) {
+    // half_close: a client that shuts down its side after sending its request still gets
+    // the answer (hyper's default would abort the request in progress).
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_size);
+        .max_buf_size(limits.max_header_size)
+        .half_close(true);
     // hyper keeps 100 header slots on the stack; any other count is a heap allocation per
     // request, so only asked for when it differs.
     if limits.max_headers != 100 {
@@ -450,7 +453,8 @@ impl Builders {
             let mut h1 = auto.http1();
             h1.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_header_size);
+                .max_buf_size(limits.max_header_size)
+                .half_close(true);
             if limits.max_headers != 100 {
                 h1.max_headers(limits.max_headers);
             }

@@ -6,6 +6,8 @@
 //!   else answers the number of headers accepted.
 //! - `/bad-status`: `resp.status(1000)?`.
 //! - `/bad-header`: `resp.header("bad name", "x")?`.
+//! - `/status?N`: status N with the body `status N\n`, which the host must leave out where HTTP
+//!   has no content (HEAD, 204, 205, 304).
 //! - anything else: answers `ok`.
 
 use effe_abi::{Effe, Error, Request, ResponseWriter};
@@ -52,6 +54,10 @@ impl Effe for Fixture {
             }
             "/bad-header" => {
                 resp.header("bad name", "x")?;
+            }
+            "/status" => {
+                let n: u16 = req.query().unwrap_or("200").parse()?;
+                resp.status(n)?.body(format!("status {n}\n"));
             }
             _ => {
                 resp.body("ok\n");

@@ -4,6 +4,7 @@
 mod admin;
 mod compat;
 mod deadline;
+mod h2_probes;
 mod lifecycle;
 mod limits;
 mod load;
@@ -11,3 +12,4 @@ mod logging;
 mod response;
 mod serve;
 mod tls;
+mod wire;
