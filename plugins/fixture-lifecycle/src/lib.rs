@@ -4,13 +4,16 @@
 //! - `EFFE_LIFECYCLE_LOG=FILE`: appends `init`, `start N`, `stop N` lines (one `write` each).
 //! - `FIXTURE_INIT=error|panic`, `FIXTURE_START=error|panic`: make that entry point fail;
 //!   `FIXTURE_START=error-after-N`: the first N Starts succeed, later ones fail.
+//! - `FIXTURE_START_FAIL_FILE=PATH`: every Start fails while PATH exists (a test switches
+//!   Starts off and on again while the host runs).
 //! - `FIXTURE_INIT_HOLD=PORT`, `FIXTURE_START_HOLD=PORT`: that entry point connects to the test
 //!   on 127.0.0.1:PORT, says what it is (`init`, `start N`) and blocks until the test writes a
 //!   byte or closes: the test knows exactly when the call is in progress and ends it at will.
 //! - `FIXTURE_STOP_MS=MS`: every Stop takes MS milliseconds (a slow database close).
 //! - `run` by path: `/panic` panics, `/error` returns an error, `/error-after-write` writes a
 //!   418 then returns an error, `/sleep?MS` records `sleep N MS` and sleeps MS milliseconds,
-//!   `/hold?PORT` holds like the variables above (saying `ctx N`), `/thread` answers the name
+//!   `/hold?PORT` holds like the variables above (saying `ctx N`), `/big?BYTES` answers BYTES
+//!   bytes of `x` (a response larger than the socket buffers), `/thread` answers the name
 //!   of the thread Run is called on, `/set-header` appends `x-a: 1` then tries to replace it
 //!   with `2` (`replaced`, or `kept: why`), `/deadline` answers the milliseconds left before
 //!   the host's deadline (or `none`); every other path answers `ctx N` with the serving
@@ -27,6 +30,7 @@ use effe_abi::{Effe, Error, Request, ResponseWriter};
 struct Fixture {
     log: Option<String>,
     fail_start: Option<String>,
+    fail_start_file: Option<String>,
     started: AtomicUsize,
 }
 
@@ -71,6 +75,7 @@ impl Effe for Fixture {
         Ok(Fixture {
             log,
             fail_start: std::env::var("FIXTURE_START").ok(),
+            fail_start_file: std::env::var("FIXTURE_START_FAIL_FILE").ok(),
             started: AtomicUsize::new(0),
         })
     }
@@ -79,6 +84,11 @@ impl Effe for Fixture {
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         if let Ok(port) = std::env::var("FIXTURE_START_HOLD") {
             hold(&port, &format!("start {n}"))?;
+        }
+        if let Some(file) = &self.fail_start_file {
+            if std::path::Path::new(file).exists() {
+                fail(Some("error"), "start")?;
+            }
         }
         match self
             .fail_start
@@ -110,6 +120,11 @@ impl Effe for Fixture {
                 let ms: u64 = req.query().unwrap_or("0").parse()?;
                 record(&self.log, &format!("sleep {} {ms}", ctx.n))?;
                 std::thread::sleep(Duration::from_millis(ms));
+            }
+            "/big" => {
+                let bytes: usize = req.query().unwrap_or("0").parse()?;
+                resp.body(vec![b'x'; bytes]);
+                return Ok(());
             }
             "/hold" => hold(req.query().unwrap_or(""), &format!("ctx {}", ctx.n))?,
             "/set-header" => {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real effe-host binary, real effes, real sockets. One binary, one
 //! module per area.
 
+mod abuse;
 mod admin;
 mod compat;
 mod deadline;
