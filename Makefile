@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LISTEN ?= 0.0.0.0:8080
 
-.PHONY: build run test lint clean bench
+.PHONY: build run test lint clean bench fuzz
 
 build:
 	$(CARGO) build --workspace --release
@@ -30,6 +30,13 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) fmt --manifest-path tests/compat/Cargo.toml $(COMPAT_OWN) -- --check
 	$(CARGO) clippy $(COMPAT) $(COMPAT_OWN) --all-targets --no-deps -- -D warnings
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+
+# Fuzzes what the host parses itself (fuzz/run.sh; installs cargo-fuzz if missing): FUZZ_SECONDS
+# in all, shared by the targets. A crash's input is left in fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
 # effe-host vs a bare hyper server vs nginx (installs wrk, h2load, nginx with apt-get if
 # missing); e.g. `make bench BENCH_ARGS=--quick`. See bench/run.py --help.

@@ -118,6 +118,8 @@ mod export;
 mod ffi;
 pub mod interfaces;
 pub mod module;
+#[cfg(test)]
+mod proptests;
 mod request;
 mod response;
 

@@ -91,7 +91,9 @@ impl<'a> Header<'a> {
 
 /// An HTTP request, borrowed from the host for one `run` call.
 ///
-/// Repeated headers appear once per occurrence, in the order received.
+/// Repeated headers appear once per occurrence. Headers are grouped by name (the host's
+/// header map keeps them so): a request sent with `a`, `b`, `a` shows `a`, `a`, `b`, and each
+/// name's values keep the order they were received in.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -163,7 +165,7 @@ impl<'a> Request<'a> {
         self.version
     }
 
-    /// Every header, in the order received.
+    /// Every header, grouped by name, each name's values in the order received.
     pub fn headers(&self) -> &'a [Header<'a>] {
         self.headers.as_slice()
     }

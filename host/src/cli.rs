@@ -376,9 +376,10 @@ impl Listen {
 
     pub fn parse(s: &str) -> Result<Listen, String> {
         let s = s.trim();
+        // Escaped: the refusal is one line, whatever the value holds.
         let port = |p: &str| {
             p.parse::<u16>()
-                .map_err(|_| format!("invalid port '{p}': expected 0 to 65535"))
+                .map_err(|_| format!("invalid port '{}': expected 0 to 65535", p.escape_debug()))
         };
         let any = |port| Listen::Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
         if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
@@ -769,6 +770,11 @@ mod tests {
             .unwrap_err()
             .contains("invalid port '99999'"));
         assert!(Listen::parse(":http").unwrap_err().contains("invalid port"));
+        // Found by fuzz/flag_values: the refusal must stay one line.
+        assert_eq!(
+            Listen::parse(":1\n2"),
+            Err("invalid port '1\\n2': expected 0 to 65535".into())
+        );
         for bad in ["", "[::1]", "[::1:80", "a b:80", "/tmp/sock:80"] {
             assert!(
                 Listen::parse(bad).unwrap_err().contains("expected PORT"),

@@ -22,6 +22,15 @@ pub mod tls;
 pub mod trust;
 pub mod write_timeout;
 
+/// What the fuzz targets in `fuzz/` call: the parsers of the host's own text input, public
+/// only for them.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::cli::{parse_bool, parse_duration, parse_size, parse_timeout, Listen};
+    pub use crate::invoke::usable_request_id;
+    pub use crate::log::SyslogTarget;
+}
+
 use std::process::ExitCode;
 
 use clap::Parser;
