@@ -20,8 +20,19 @@ use crate::log::SyslogTarget;
 #[command(name = "effe-host", version, about, max_term_width = 100, after_help = AFTER_HELP)]
 pub struct Args {
     /// The effe to serve: a shared library built with `effe_abi::export_effe!`.
-    #[arg(long, env = "EFFE_PLUGIN", value_name = "PATH")]
-    pub plugin: PathBuf,
+    #[arg(
+        long,
+        env = "EFFE_PLUGIN",
+        value_name = "PATH",
+        required_unless_present = "probe"
+    )]
+    pub plugin: Option<PathBuf>,
+
+    /// Check a running host and exit: GET this path on the admin listener (`--admin-listen`,
+    /// its loopback address when it listens everywhere), or this `http://` URL; exit 0 on a 2xx
+    /// answer, 1 otherwise. For an image's HEALTHCHECK, which has no shell or curl to run.
+    #[arg(long, value_name = "PATH|URL", num_args = 0..=1, default_missing_value = "/readyz")]
+    pub probe: Option<String>,
 
     /// Print the effe's metadata as one JSON object and exit (Init is not called).
     #[arg(long, env = "EFFE_INFO", value_parser = parse_bool)]
@@ -158,6 +169,13 @@ pub struct Args {
           value_parser = parse_at_least_one)]
     pub max_connections: usize,
 
+    /// On SIGTERM/SIGINT, how long to keep serving, with readiness already failing, before the
+    /// drain begins: a load balancer (Kubernetes' endpoints) may still send requests for a
+    /// moment after the signal. A second signal ends the delay.
+    #[arg(long, env = "EFFE_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "0",
+          value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (0: do not wait; their
     /// connections are closed at once).
     #[arg(long, env = "EFFE_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "30s",
@@ -271,6 +289,7 @@ Exit codes:
   14  TLS: the key does not match the certificate
   15  TLS: the client CA file cannot be used to verify clients
   16  shutdown incomplete: a Context was not stopped by the deadlines
+--probe: 0 healthy (a 2xx answer), 1 not
 
 Every refusal is one line on stderr: effe-host: what: why";
 
@@ -543,6 +562,7 @@ pub struct Config {
     pub write_timeout: Duration,
     pub max_connections: usize,
     pub http: crate::server::HttpLimits,
+    pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
     pub stop_timeout: Duration,
     /// `None`: Runs have no deadline.
@@ -591,7 +611,9 @@ impl Args {
             n => n,
         };
         Ok(Config {
-            plugin: self.plugin,
+            plugin: self
+                .plugin
+                .ok_or_else(|| Fatal::Usage("--plugin is required".into()))?,
             info: self.info,
             listen,
             tls: self
@@ -623,6 +645,7 @@ impl Args {
                 h2_ping_interval: (!self.h2_ping_interval.is_zero())
                     .then_some(self.h2_ping_interval),
             },
+            shutdown_delay: self.shutdown_delay,
             shutdown_timeout: self.shutdown_timeout,
             stop_timeout: self.stop_timeout,
             timeout: (!self.timeout.is_zero()).then_some(self.timeout),

@@ -16,6 +16,7 @@ pub mod log;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;
+pub mod probe;
 pub mod rules;
 pub mod server;
 pub mod tls;
@@ -47,6 +48,9 @@ pub fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => return refuse(Fatal::Usage(cli::usage_line(&e, &argv))),
     };
+    if let Some(target) = &args.probe {
+        return probe::run(target, &args.admin_listen);
+    }
     log::init_tracing(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

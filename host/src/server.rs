@@ -318,8 +318,20 @@ async fn listen_and_serve(
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
-    let deadline = Instant::now() + config.shutdown_timeout;
     health.draining();
+    if !config.shutdown_delay.is_zero() {
+        tracing::info!(
+            signal = signal_name,
+            delay = %humantime::format_duration(config.shutdown_delay),
+            "shutting down: not ready, still serving for the shutdown delay"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(config.shutdown_delay) => {}
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    }
+    let deadline = Instant::now() + config.shutdown_timeout;
     tracing::info!(
         signal = signal_name,
         "shutting down: draining in-flight requests"

@@ -292,3 +292,63 @@ fn request(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap()
 }
+
+/// `effe-host --probe ARGS`: its exit code and what it printed (stdout, then stderr).
+fn probe_mode(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(effe_tests::host_bin())
+        .arg("--probe")
+        .args(args)
+        .env_remove("EFFE_PLUGIN")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_delay_serves_while_not_ready_and_probe_mode_says_so() {
+    let host = HostCmd::new("hello")
+        .args(["--shutdown-delay", "60s"])
+        .spawn();
+    let admin = host.admin.unwrap().to_string();
+    assert_eq!(
+        probe_mode(&["--admin-listen", &admin]),
+        (Some(0), "200 ready\n".into())
+    );
+    assert_eq!(
+        probe_mode(&["/livez", "--admin-listen", &admin]),
+        (Some(0), "200 ok\n".into())
+    );
+
+    host.sigterm();
+    host.wait_stderr(|s| s.contains("still serving for the shutdown delay"));
+    assert_eq!(
+        probe(host.admin.unwrap(), "/readyz").await,
+        (503, "not ready: draining\n".into())
+    );
+    let (code, said) = probe_mode(&["--admin-listen", &admin]);
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(said, "effe-host: probe /readyz: 503 not ready: draining\n");
+    // Not ready, but serving: a new connection is answered, nothing drains yet.
+    assert_eq!(host.get("/").await.status, 200);
+    assert!(!host.stderr().contains("draining in-flight"));
+
+    // A second signal ends the delay (the test does not wait the 60 s).
+    host.sigterm();
+    let (status, stderr) = host.wait();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("draining in-flight"), "{stderr}");
+}
+
+#[test]
+fn probe_mode_fails_in_one_line_when_nothing_answers() {
+    let closed = free_port().to_string();
+    let (code, said) = probe_mode(&[&format!("http://{closed}/readyz")]);
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.contains("Connection refused"), "{said}");
+    let (code, said) = probe_mode(&["--admin-listen", "off"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("the admin listener is off"), "{said}");
+}
