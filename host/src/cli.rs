@@ -169,6 +169,12 @@ pub struct Args {
           value_parser = parse_at_least_one)]
     pub max_connections: usize,
 
+    /// Share `--listen` with another process already listening on it (SO_REUSEPORT; the
+    /// kernel splits new connections between the two): a new version started beside the old
+    /// one, which is then sent SIGTERM. Without it, a port another socket holds is refused.
+    #[arg(long, env = "EFFE_REUSE_PORT", value_parser = parse_bool)]
+    pub reuse_port: bool,
+
     /// On SIGTERM/SIGINT, how long to keep serving, with readiness already failing, before the
     /// drain begins: a load balancer (Kubernetes' endpoints) may still send requests for a
     /// moment after the signal. A second signal ends the delay.
@@ -562,6 +568,7 @@ pub struct Config {
     pub write_timeout: Duration,
     pub max_connections: usize,
     pub http: crate::server::HttpLimits,
+    pub reuse_port: bool,
     pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
     pub stop_timeout: Duration,
@@ -645,6 +652,7 @@ impl Args {
                 h2_ping_interval: (!self.h2_ping_interval.is_zero())
                     .then_some(self.h2_ping_interval),
             },
+            reuse_port: self.reuse_port,
             shutdown_delay: self.shutdown_delay,
             shutdown_timeout: self.shutdown_timeout,
             stop_timeout: self.stop_timeout,

@@ -41,7 +41,18 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, Fatal> {
 
 /// `threads` listening sockets on `addr`, sharing it through SO_REUSEPORT: the kernel spreads
 /// new connections over them, one per network thread, with no hand-off between threads.
-fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<std::net::TcpListener>, Fatal> {
+///
+/// SO_REUSEPORT would also let this host join a port another process listens on, and split
+/// its traffic: only with `reuse_port` (a swap on purpose). Otherwise a port any socket holds
+/// is refused, as a plain bind would.
+fn bind(
+    addr: SocketAddr,
+    threads: usize,
+    reuse_port: bool,
+) -> Result<Vec<std::net::TcpListener>, Fatal> {
+    if !reuse_port && addr.port() != 0 {
+        held_elsewhere(addr)?;
+    }
     let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(threads);
     for _ in 0..threads {
         // The first socket settles the port (`:0` picks one); the others join it.
@@ -62,6 +73,32 @@ fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<std::net::TcpListener>, 
         listeners.push(socket.map_err(|e| Fatal::Listen(addr, e))?);
     }
     Ok(listeners)
+}
+
+/// Fails if another socket holds `addr`: a bind without SO_REUSEPORT, undone at once, is
+/// refused by any listener on it, SO_REUSEPORT or not.
+fn held_elsewhere(addr: SocketAddr) -> Result<(), Fatal> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| Fatal::Listen(addr, e))?;
+    // SO_REUSEADDR: a connection of an earlier host still in TIME_WAIT is no holder.
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| Fatal::Listen(addr, e))?;
+    match socket.bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Fatal::Listen(
+            addr,
+            std::io::Error::new(
+                e.kind(),
+                "address in use by another socket (--reuse-port joins it on purpose)",
+            ),
+        )),
+        Err(e) => Err(Fatal::Listen(addr, e)),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// The signals the host handles, registered before the effe is loaded: from then on SIGHUP
@@ -239,7 +276,7 @@ async fn listen_and_serve(
     } else {
         CallMode::Thread
     });
-    let listeners = bind(config.listen, config.threads)?;
+    let listeners = bind(config.listen, config.threads, config.reuse_port)?;
     let addr = listeners[0]
         .local_addr()
         .map_err(|e| Fatal::Listen(config.listen, e))?;

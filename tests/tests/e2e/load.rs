@@ -558,3 +558,25 @@ fn admin_listen_takes_what_listen_takes_or_off() {
     let cmd = HostCmd::new("hello").args(["--admin-listen", "nope"]);
     refused(cmd, 2, &["--admin-listen \"nope\": no port"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_another_host_listens_on_is_refused_unless_reuse_port() {
+    let first = HostCmd::new("hello").spawn();
+    let addr = first.addr.to_string();
+    // Both listen with SO_REUSEPORT: without the check the second would join silently.
+    let out = refused(
+        HostCmd::new("hello").args(["--listen", &addr]),
+        10,
+        &[&addr],
+    );
+    assert!(out.contains("--reuse-port"), "{out}");
+
+    let second = HostCmd::new("hello")
+        .args(["--listen", &addr, "--reuse-port"])
+        .spawn();
+    assert_eq!(second.addr, first.addr);
+    let (status, stderr) = first.stop();
+    assert!(status.success(), "{stderr}");
+    // The port is the second host's alone now.
+    assert_eq!(second.get("/").await.status, 200);
+}
