@@ -1,5 +1,10 @@
 //! Graceful shutdown of connections that costs nothing while serving.
 //!
+//! An HTTP/1.x connection that is idle when shutdown starts is not closed at once: its client
+//! may be sending its next request right now, and would find the connection closed under it.
+//! It lingers for [`LINGER`]; a request that comes meanwhile is answered with `connection:
+//! close` (the app adds it while draining), after which hyper closes the connection.
+//!
 //! hyper-util's `GracefulShutdown` polls a watch channel every time a connection is polled;
 //! for HTTP/2, where a connection is polled several times per request, that lock-and-compare
 //! measured about 1.3 µs per request on one CPU. Here a connection looks at an atomic flag
@@ -15,6 +20,12 @@ use std::task::{Context, Poll};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
+use tokio::time::Sleep;
+
+use crate::invoke::ConnGauge;
+
+/// How long an idle HTTP/1.x connection stays open once shutdown starts.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The connections of one network thread.
 #[derive(Default)]
@@ -68,11 +79,13 @@ impl Admitted {
     }
 
     /// Serves `conn` until it ends, closing it gracefully when shutdown starts.
-    pub fn watch<C: GracefulConnection>(self, conn: C) -> Watched<C> {
+    pub(crate) fn watch<C: GracefulConnection>(self, conn: C, gauge: Arc<ConnGauge>) -> Watched<C> {
         Watched {
             conn: Box::pin(conn),
             stop: Some(Box::pin(self.drain.stop.clone().notified_owned())),
             registered: false,
+            lingering: None,
+            gauge,
             admitted: self,
         }
     }
@@ -92,6 +105,9 @@ pub struct Watched<C> {
     /// `None` once the connection was told to shut down.
     stop: Option<Pin<Box<OwnedNotified>>>,
     registered: bool,
+    /// Shutdown started while it was an idle HTTP/1.x connection: closed when this ends.
+    lingering: Option<Pin<Box<Sleep>>>,
+    gauge: Arc<ConnGauge>,
     admitted: Admitted,
 }
 
@@ -115,8 +131,19 @@ impl<C: GracefulConnection> Future for Watched<C> {
                 this.registered = true;
                 let fired = stop.as_mut().poll(cx).is_ready();
                 if fired || this.admitted.stopping() {
-                    this.close_gracefully();
+                    if !this.gauge.is_h2() && this.gauge.idle_since().is_some() {
+                        this.stop = None;
+                        this.lingering = Some(Box::pin(tokio::time::sleep(LINGER)));
+                    } else {
+                        this.close_gracefully();
+                    }
                 }
+            }
+        }
+        if let Some(linger) = this.lingering.as_mut() {
+            if linger.as_mut().poll(cx).is_ready() {
+                this.lingering = None;
+                this.conn.as_mut().graceful_shutdown();
             }
         }
         this.conn.as_mut().poll(cx)

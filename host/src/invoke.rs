@@ -77,6 +77,8 @@ pub(crate) struct App {
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
     /// At the cap now (for one warning per episode).
     pub(crate) capped: std::sync::atomic::AtomicBool,
+    /// Shutdown has begun: HTTP/1.x answers say `connection: close`.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 type Body = Full<Bytes>;
@@ -313,8 +315,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> Reply {
         let now = Instant::now();
-        self.conn.on_request(req.version(), now);
-        self.app.serve(req, &self.peer, self.shard, &self.conn, now)
+        let version = req.version();
+        self.conn.on_request(version, now);
+        let reply = self.app.serve(req, &self.peer, self.shard, &self.conn, now);
+        if self.app.draining.load(Ordering::Relaxed) && version != http::Version::HTTP_2 {
+            return reply.closing();
+        }
+        reply
     }
 }
 
@@ -368,6 +375,11 @@ impl ConnGauge {
         let nanos = now.saturating_duration_since(self.born).as_nanos();
         self.last
             .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether this connection's requests are HTTP/2 (known from its first).
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self.counted.get(), Some(Conn::Http2 | Conn::Http2Tls))
     }
 
     /// Whether a request has come on this connection.
@@ -454,6 +466,31 @@ impl Drop for InFlight<'_> {
 pub(crate) enum Reply {
     Ready(Option<Response<Body>>),
     Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Reply {
+    /// With `connection: close`: during the drain, an HTTP/1.x client learns from its answer
+    /// that the connection ends, instead of finding it closed under its next request.
+    #[cold]
+    #[inline(never)]
+    fn closing(self) -> Reply {
+        fn close(resp: &mut Response<Body>) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        match self {
+            Reply::Ready(Some(mut resp)) => {
+                close(&mut resp);
+                Reply::Ready(Some(resp))
+            }
+            Reply::Later(later) => Reply::Later(Box::pin(async move {
+                let mut resp = later.await;
+                close(&mut resp);
+                resp
+            })),
+            done => done,
+        }
+    }
 }
 
 impl Future for Reply {

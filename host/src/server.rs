@@ -53,6 +53,9 @@ fn bind(
     if !reuse_port && addr.port() != 0 {
         held_elsewhere(addr)?;
     }
+    if reuse_port {
+        migrate_queued_connections();
+    }
     let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(threads);
     for _ in 0..threads {
         // The first socket settles the port (`:0` picks one); the others join it.
@@ -73,6 +76,31 @@ fn bind(
         listeners.push(socket.map_err(|e| Fatal::Listen(addr, e))?);
     }
     Ok(listeners)
+}
+
+/// For a swap with `--reuse-port`: when the old host closes its listener, the connections in
+/// its accept queue are reset, unless Linux (5.14 and later) moves them to another listener of
+/// the port, which `net.ipv4.tcp_migrate_req` turns on (for this network namespace). Measured
+/// with wrk over 16 connections: 0 to 6 failed requests per swap without it, none with it.
+fn migrate_queued_connections() {
+    const KNOB: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(KNOB) {
+        Ok(on) if on.trim() == "1" => {}
+        Ok(_) => {
+            if let Err(e) = std::fs::write(KNOB, "1") {
+                tracing::warn!(
+                    error = %e,
+                    "--reuse-port: cannot turn on net.ipv4.tcp_migrate_req: connections queued \
+                     on a host's listener when it closes will be reset; set it with sysctl"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "--reuse-port: no net.ipv4.tcp_migrate_req (Linux before 5.14?): connections queued \
+             on a host's listener when it closes will be reset"
+        ),
+    }
 }
 
 /// Fails if another socket holds `addr`: a bind without SO_REUSEPORT, undone at once, is
@@ -296,6 +324,7 @@ async fn listen_and_serve(
         max_connections: config.max_connections,
         connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         capped: std::sync::atomic::AtomicBool::new(false),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
     tokio::spawn(pool.clone().maintain());
 
@@ -336,7 +365,13 @@ async fn listen_and_serve(
         index: 0,
         health: health.clone(),
     };
-    let main_thread = tokio::spawn(network_thread(me, main_listener, app, tls.clone(), stop_rx));
+    let main_thread = tokio::spawn(network_thread(
+        me,
+        main_listener,
+        app.clone(),
+        tls.clone(),
+        stop_rx,
+    ));
     tracing::info!(
         %addr,
         tls = tls.as_ref().map_or("off".to_owned(), |t| t.describe()),
@@ -369,6 +404,8 @@ async fn listen_and_serve(
         }
     }
     let deadline = Instant::now() + config.shutdown_timeout;
+    app.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         signal = signal_name,
         "shutting down: draining in-flight requests"
@@ -542,26 +579,44 @@ async fn accept_loop(
     let drain = Drain::new();
     let mut refused = AcceptFailures::default();
     tokio::pin!(shutdown);
+    let mut closing = false;
     loop {
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => {
-                    refused.recovered();
-                    conn
+        let (stream, peer) = if closing {
+            // Shutdown: the connections already in the kernel's queue would be reset when the
+            // listener closes; they are served instead (their requests answered with
+            // `connection: close`), then the loop ends.
+            match tokio::select! {
+                biased;
+                accepted = listener.accept() => accepted.ok(),
+                () = std::future::ready(()) => None,
+            } {
+                Some(conn) => conn,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    closing = true;
+                    continue;
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: the connection stays in the
-                    // kernel's queue; wait, longer each time, instead of spinning on it.
-                    let pause = refused.failed(&e);
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(pause) => continue,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => {
+                        refused.recovered();
+                        conn
                     }
-                }
-            },
+                    Err(e) => {
+                        // Out of file descriptors and the like: the connection stays in the
+                        // kernel's queue; wait, longer each time, instead of spinning on it.
+                        let pause = refused.failed(&e);
+                        tokio::select! {
+                            biased;
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(pause) => continue,
+                        }
+                    }
+                },
+            }
         };
         // A place among --max-connections: at the cap this thread accepts nothing more (the
         // kernel's backlog holds the newcomers) until a connection closes. Taken after accept,
@@ -570,6 +625,7 @@ async fn accept_loop(
         // network thread may wait, accepted, beyond the cap.
         let place = match app.connections.clone().try_acquire_owned() {
             Ok(place) => place,
+            Err(_) if closing => break,
             Err(_) => tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -600,7 +656,13 @@ async fn accept_loop(
                     let conn = builders
                         .auto
                         .serve_connection(TokioIo::new(stream), service);
-                    quiet_within(admitted.watch(conn.into_owned()), gauge, first, idle).await
+                    quiet_within(
+                        admitted.watch(conn.into_owned(), gauge.clone()),
+                        gauge,
+                        first,
+                        idle,
+                    )
+                    .await
                 }
                 Some(tls) => {
                     // The handshake runs here, in the connection's own task, bounded: a client
@@ -636,12 +698,12 @@ async fn accept_loop(
                     } else if h2 {
                         // hyper's HTTP/2 server waits for the preface without a limit.
                         let conn = builders.http2.serve_connection(io, service);
-                        quiet_within(admitted.watch(conn), gauge, first, idle)
+                        quiet_within(admitted.watch(conn, gauge.clone()), gauge, first, idle)
                             .await
                             .map_err(Into::into)
                     } else {
                         let conn = builders.http1.serve_connection(io, service);
-                        quiet_within(admitted.watch(conn), gauge, first, idle)
+                        quiet_within(admitted.watch(conn, gauge.clone()), gauge, first, idle)
                             .await
                             .map_err(Into::into)
                     }

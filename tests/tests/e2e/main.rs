@@ -12,5 +12,6 @@ mod load;
 mod logging;
 mod response;
 mod serve;
+mod swap;
 mod tls;
 mod wire;
