@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Where Run errors go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,16 +69,26 @@ pub enum LogFormat {
 }
 
 /// Sets up `tracing` to stderr; `EFFE_LOG` (or `RUST_LOG`) filters, default `info`.
+///
+/// Levels by target (`debug`, `info,effe_host::server=debug`), not `EnvFilter`'s span and field
+/// directives: `EnvFilter` brings two regex engines, half a megabyte of the binary, which the
+/// container image's size limit has no room for.
 pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("EFFE_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = ["EFFE_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok()?.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    // The builder's own level (INFO unless told) would come before the filter's.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).finish().with(filter).init(),
     }
 }
 
