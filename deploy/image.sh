@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds an effe container image (`make image`): the release build, the root filesystem
+# (deploy/rootfs.sh, under target/image/NAME/rootfs, inside the build context), then
+# `docker build --network none` of the Dockerfile, which pulls nothing (FROM scratch). Prints the
+# image's size.
+#
+#   EFFE=hello deploy/image.sh                   an effe of this workspace (default: hello)
+#   EFFE_SO=/path/libfoo.so deploy/image.sh      an effe built elsewhere: image effe-foo
+#   IMAGE=registry.example/greet:1.2 ...         the image's name (default effe-NAME)
+set -euo pipefail
+
+die() { echo "deploy/image.sh: $*" >&2; exit 1; }
+
+if [ -n "${EFFE_SO:-}" ]; then
+  [ -z "${EFFE:-}" ] || die "set EFFE or EFFE_SO, not both"
+  EFFE_SO=$(realpath -m -- "$EFFE_SO")   # relative to where the caller stands
+  name=$(basename -- "$EFFE_SO" .so)
+  name=${name#lib}
+else
+  EFFE=${EFFE:-hello}
+  name=$EFFE
+fi
+export EFFE EFFE_SO
+image=${IMAGE:-effe-$name}
+cd "$(dirname "$0")/.."
+
+packages=(-p effe-host)
+[ -n "${EFFE:-}" ] && packages+=(-p "$EFFE")
+"${CARGO:-cargo}" build --release "${packages[@]}"
+
+# In the repository's target/ whatever CARGO_TARGET_DIR says: the build context is the
+# repository (see .dockerignore), and the daemon reads nothing outside it.
+rootfs=target/image/$name/rootfs
+rm -rf "target/image/$name"
+deploy/rootfs.sh "$rootfs"
+
+docker build --network none --quiet --build-arg "ROOTFS=$rootfs" --tag "$image" --file Dockerfile . >/dev/null
+size=$(docker image inspect --format '{{.Size}}' "$image")
+echo "deploy/image.sh: $image: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.2f MB", s / 1e6 }'))"
