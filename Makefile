@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LISTEN ?= 0.0.0.0:8080
 
-.PHONY: build run test lint clean bench fuzz
+.PHONY: build run test test-cargo lint clean bench fuzz deps tls-scan soak image test-deploy
 
 build:
 	$(CARGO) build --workspace --release
@@ -19,11 +19,54 @@ COMPAT = --manifest-path tests/compat/Cargo.toml --target-dir $(or $(CARGO_TARGE
 # Never the frozen effe-abi copy: it stays byte for byte as released.
 COMPAT_OWN = -p compat-effe-0-1-0 -p compat-host-0-1-0
 
-# End-to-end tests run the built binaries and effes: build everything first.
-test:
+# Every test: the cargo tests, then the TLS scan, a short fuzz, a 60 s soak and the deployment
+# checks (which need root, for Docker and chroot). Installs what they need when missing.
+test: deps test-cargo tls-scan
+	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+	$(MAKE) soak SOAK_DURATION=$(TEST_SOAK_DURATION)
+	$(MAKE) test-deploy
+TEST_FUZZ_SECONDS ?= 30
+TEST_SOAK_DURATION ?= 60
+
+# What the tests need beyond Rust, installed if missing (h2load, openssl, python3-venv, and
+# sslyze in a venv under target/); quick when everything is there.
+deps:
+	tests/deps.sh
+
+# Unit, property and end-to-end tests. The end-to-end tests run the built binaries and effes:
+# build everything first.
+test-cargo:
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) build $(COMPAT)
 	$(CARGO) test --workspace
+
+# The HTTPS listener against Mozilla's "intermediate" profile (sslyze, tests/soak/tls_scan.py).
+tls-scan: deps
+	$(CARGO) build -p effe-host -p hello
+	tests/soak/tls_scan.py
+
+# Several hosts under a steady mixed load for SOAK_DURATION seconds, failing on RSS or fd growth,
+# a dead host or an unexpected status; e.g. `make soak SOAK_DURATION=60`. tests/soak/soak.py --help.
+SOAK_DURATION ?= 600
+SOAK_ARGS ?=
+soak: deps
+	$(CARGO) build --release --workspace
+	chmod go-w $(or $(CARGO_TARGET_DIR),target)/release/*.so
+	tests/soak/soak.py --duration $(SOAK_DURATION) $(SOAK_ARGS)
+
+# A container image of effe-host and one effe (deploy/image.sh: release build, deploy/rootfs.sh,
+# docker build --network none; needs a Docker daemon): `make image EFFE=hello`, or an effe built
+# elsewhere, `make image EFFE_SO=/path/libfoo.so`. IMAGE names it (default effe-NAME).
+EFFE ?= hello
+image:
+	EFFE=$(if $(EFFE_SO),,$(EFFE)) EFFE_SO=$(EFFE_SO) IMAGE=$(IMAGE) CARGO=$(CARGO) deploy/image.sh
+
+# The deployment checks (tests/deploy/run.sh, as root; installs what it needs with
+# tests/deploy/deps.sh, starts dockerd if none answers and stops it after): hadolint, the
+# Kubernetes manifests, the root filesystem under chroot, nginx routing, and the image in Docker.
+# Some only: `make test-deploy DEPLOY_CHECKS="rootfs_check k8s_check"`.
+test-deploy:
+	CARGO=$(CARGO) tests/deploy/run.sh $(DEPLOY_CHECKS)
 
 lint:
 	$(CARGO) fmt --all -- --check
