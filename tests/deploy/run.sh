@@ -25,6 +25,8 @@ began=$SECONDS
 say "dependencies in $((SECONDS - began))s"
 began=$SECONDS
 build_release hello echo fetch
+# The HTTP/2 load of docker_check's --reuse-port swap.
+"${CARGO:-cargo}" build --release --quiet -p effe-tests --bin effe-swap-load
 say "release build in $((SECONDS - began))s"
 
 dockerd_pid=

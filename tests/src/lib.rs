@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tempfile::TempDir;
 
+pub mod swap;
 pub mod tls;
 
 /// How long a host may take to become ready, or to exit, before a test gives up.
