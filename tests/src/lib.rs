@@ -114,6 +114,28 @@ impl HostCmd {
         HostCmd::configure(sh, &path, dir)
     }
 
+    /// The hello effe on one network thread, listening, with `spare` file descriptors beyond
+    /// the fewest it starts with (a count that depends on the build, so it is searched for):
+    /// `spare` connections are served, the next ones find the host out of descriptors.
+    pub fn hello_short_of_descriptors(spare: u32) -> Host {
+        let start = |limit| {
+            HostCmd::with_fd_limit("hello", limit)
+                .args(["--threads", "1", "--admin-listen", "off"])
+                .start()
+        };
+        let fewest = (10..64)
+            .find(|limit| {
+                let host = start(*limit);
+                let said =
+                    host.wait_stderr(|s| s.contains("listening") || s.contains("effe-host: "));
+                said.contains("listening")
+            })
+            .expect("no descriptor limit let the host start");
+        let mut host = start(fewest + spare);
+        host.wait_listening();
+        host
+    }
+
     fn configure(mut cmd: Command, path: &Path, dir: TempDir) -> HostCmd {
         cmd.arg("--plugin")
             .arg(path)

@@ -148,22 +148,8 @@ async fn host_is_checked_as_rfc_9112_requires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_the_host_waits_says_so_once_and_recovers() {
-    // The fewest descriptors the host starts with (the count depends on the build), plus
-    // three: three connections are served, the next ones exhaust the host.
-    let start = |limit| {
-        HostCmd::with_fd_limit("hello", limit)
-            .args(["--threads", "1", "--admin-listen", "off"])
-            .start()
-    };
-    let fewest = (10..64)
-        .find(|limit| {
-            let host = start(*limit);
-            let said = host.wait_stderr(|s| s.contains("listening") || s.contains("effe-host: "));
-            said.contains("listening")
-        })
-        .expect("no descriptor limit let the host start");
-    let mut host = start(fewest + 3);
-    host.wait_listening();
+    // Three connections are served, the next ones exhaust the host.
+    let host = HostCmd::hello_short_of_descriptors(3);
     let mut open = Vec::new();
     for _ in 0..16 {
         let mut tcp = TcpStream::connect(host.addr).await.unwrap();

@@ -26,21 +26,7 @@ fn cpu_time(pid: u32) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_under_load_the_host_serves_its_connections_and_does_not_spin() {
-    // As in limits.rs: the fewest descriptors the host starts with, plus three connections.
-    let start = |limit| {
-        HostCmd::with_fd_limit("hello", limit)
-            .args(["--threads", "1", "--admin-listen", "off"])
-            .start()
-    };
-    let fewest = (10..64)
-        .find(|limit| {
-            let host = start(*limit);
-            let said = host.wait_stderr(|s| s.contains("listening") || s.contains("effe-host: "));
-            said.contains("listening")
-        })
-        .expect("no descriptor limit let the host start");
-    let mut host = start(fewest + 3);
-    host.wait_listening();
+    let host = HostCmd::hello_short_of_descriptors(3);
     let mut served = Vec::new();
     for _ in 0..3 {
         let mut tcp = TcpStream::connect(host.addr).await.unwrap();
