@@ -46,15 +46,19 @@ macro_rules! export_effe {
         };
 
         // The symbol abi_stable's loader looks up (`abi_stable::library::ROOT_MODULE_LOADER_NAME`).
+        // No `allow(unsafe_code)`: it would not compile in a crate that forbids unsafe code,
+        // and the lint does not look into another crate's macro anyway.
         #[unsafe(no_mangle)]
-        #[allow(unsafe_code, non_upper_case_globals)]
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader =
             $crate::__private::lib_header::<$effe>();
 
         // Where newer hosts find the interfaces added after the baseline
         // (`effe_abi::interfaces::INTERFACES_SYMBOL`); older hosts never look.
         #[unsafe(no_mangle)]
-        #[allow(unsafe_code, non_upper_case_globals)]
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
         pub static effe_abi_interfaces: $crate::interfaces::ExportedInterfaces =
             $crate::__private::interfaces::<$effe>();
     };

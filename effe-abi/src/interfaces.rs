@@ -256,7 +256,12 @@ mod tests {
         }
     }
 
-    crate::export_effe!(Nothing);
+    // Expanded inside effe-abi, the unsafe_code lint sees the `no_mangle` statics (in an
+    // effe's crate it does not look into another crate's macro).
+    #[allow(unsafe_code)]
+    mod exported {
+        crate::export_effe!(super::Nothing);
+    }
 
     static REAL: ExportedInterfaces = interfaces::<Nothing>();
 

@@ -1,5 +1,10 @@
 //! The smallest effe: answers `200 Hello from effe` to every request. It is also the benchmark
 //! effe, so `run` stays trivial and declares that it never blocks.
+//!
+//! It also shows that an effe crate can forbid unsafe code and ask for docs: the export macro
+//! needs neither.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use effe_abi::{Effe, Error, Request, ResponseWriter};
 
