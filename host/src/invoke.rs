@@ -238,8 +238,7 @@ fn refused(
     if version != http::Version::HTTP_2 {
         // The request may have been framed otherwise than its client meant: nothing more is
         // read from this connection.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        close_after(&mut resp);
     }
     metrics
         .shard(shard)
@@ -252,8 +251,7 @@ fn refused(
 #[inline(never)]
 fn too_large() -> Response<Body> {
     let mut resp = plain(StatusCode::PAYLOAD_TOO_LARGE);
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    close_after(&mut resp);
     resp
 }
 
@@ -263,9 +261,14 @@ fn too_large() -> Response<Body> {
 #[inline(never)]
 fn too_slow() -> Response<Body> {
     let mut resp = plain(StatusCode::REQUEST_TIMEOUT);
+    close_after(&mut resp);
+    resp
+}
+
+/// `connection: close`: hyper ends an HTTP/1.x connection after this answer (HTTP/2 strips it).
+fn close_after(resp: &mut Response<Body>) {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
 }
 
 #[cold]
@@ -474,18 +477,14 @@ impl Reply {
     #[cold]
     #[inline(never)]
     fn closing(self) -> Reply {
-        fn close(resp: &mut Response<Body>) {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         match self {
             Reply::Ready(Some(mut resp)) => {
-                close(&mut resp);
+                close_after(&mut resp);
                 Reply::Ready(Some(resp))
             }
             Reply::Later(later) => Reply::Later(Box::pin(async move {
                 let mut resp = later.await;
-                close(&mut resp);
+                close_after(&mut resp);
                 resp
             })),
             done => done,
