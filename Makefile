@@ -18,6 +18,9 @@ run:
 COMPAT = --manifest-path tests/compat/Cargo.toml --target-dir $(or $(CARGO_TARGET_DIR),target)
 # Never the frozen effe-abi copy: it stays byte for byte as released.
 COMPAT_OWN = -p compat-effe-0-1-0 -p compat-host-0-1-0
+# The panic = "abort" fixtures (their own workspace: that profile changes every dependency's
+# build, so they get a target directory of their own).
+ABORT = --manifest-path tests/abort/Cargo.toml --target-dir $(or $(CARGO_TARGET_DIR),target)/abort
 
 # Every test: the cargo tests, then the TLS scan, a short fuzz, a 60 s soak and the deployment
 # checks (which need root, for Docker and chroot). Installs what they need when missing.
@@ -38,6 +41,7 @@ deps:
 test-cargo:
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) build $(COMPAT)
+	$(CARGO) build $(ABORT)
 	$(CARGO) test --workspace
 
 # The HTTPS listener against Mozilla's "intermediate" profile (sslyze, tests/soak/tls_scan.py).
@@ -74,6 +78,7 @@ lint:
 	$(CARGO) fmt --manifest-path tests/compat/Cargo.toml $(COMPAT_OWN) -- --check
 	$(CARGO) clippy $(COMPAT) $(COMPAT_OWN) --all-targets --no-deps -- -D warnings
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+	rustfmt --edition 2021 --check tests/abort/*/src/lib.rs
 
 # Fuzzes what the host parses itself (fuzz/run.sh; installs cargo-fuzz if missing): FUZZ_SECONDS
 # in all, shared by the targets. A crash's input is left in fuzz/artifacts/.

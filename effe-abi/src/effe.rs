@@ -31,6 +31,22 @@ pub trait Effe: Sized + Send + Sync + 'static {
     /// the host runs each call on a thread where blocking is harmless.
     const NONBLOCKING: bool = false;
 
+    /// Set to `true` to read request bodies as they arrive: the host then calls `run` as soon
+    /// as a request's head has arrived, [`Request::body`] is empty, and
+    /// [`Request::body_reader`] yields the body, blocking until its next bytes come. For
+    /// uploads larger than should be held in memory. Left `false`, the host reads the whole
+    /// body first (up to its `--max-body-size`).
+    ///
+    /// Needs a `run` that may block (not [`NONBLOCKING`](Effe::NONBLOCKING)), and a host
+    /// built with effe-abi 0.1.2 or later; otherwise the body is read whole first and
+    /// `body_reader` reads it from memory, so the same code works either way.
+    const STREAM_REQUEST_BODY: bool = false;
+
+    /// The most bytes a streamed request body may have: `None` keeps the host's
+    /// `--max-body-size`; `Some(u64::MAX)` lifts the limit. A read past it fails, and the
+    /// client gets `413`.
+    const MAX_STREAMED_BODY_SIZE: Option<u64> = None;
+
     /// Once per process, before any `start`.
     ///
     /// # Errors

@@ -14,7 +14,9 @@ use abi_stable::std_types::RResult;
 
 use abi_stable::std_types::RStr;
 
-use crate::interfaces::{ExportedInterfaces, HostCall, Interface, RunV2, RUN_V2};
+use crate::interfaces::{
+    ExportedInterfaces, HostCall, Interface, MetaV1, PanicStrategy, RunV2, LOG_V1, META_V1, RUN_V2,
+};
 use crate::module::{self, EffeInfo, EffeModule, EffeModuleRef};
 use crate::{Effe, EffeError, Error, ErrorKind, RawContext, Request, ResponseWriter};
 
@@ -29,6 +31,15 @@ use crate::{Effe, EffeError, Error, ErrorKind, RawContext, Request, ResponseWrit
 #[macro_export]
 macro_rules! export_effe {
     ($effe:ty) => {
+        // Evaluated in the effe's crate, built with its profile's strategy. The host refuses
+        // such an effe at load too (meta@1), for effes exported by other means.
+        #[cfg(panic = "abort")]
+        ::core::compile_error!(
+            "an effe must be built with panic = \"unwind\" (the default): under \"abort\", \
+             its first panic would end the whole host. Remove `panic = \"abort\"` from the \
+             [profile.*] sections of Cargo.toml."
+        );
+
         const _: () = {
             impl $crate::__private::Exported for $effe {
                 fn slot() -> &'static ::std::sync::OnceLock<Self> {
@@ -36,7 +47,7 @@ macro_rules! export_effe {
                     &SLOT
                 }
 
-                const INFO: $crate::EffeInfo = $crate::EffeInfo::new(
+                const INFO: $crate::abi::EffeInfo = $crate::abi::EffeInfo::new(
                     ::core::env!("CARGO_PKG_NAME"),
                     ::core::env!("CARGO_PKG_VERSION"),
                     ::core::env!("CARGO_PKG_DESCRIPTION"),
@@ -59,7 +70,7 @@ macro_rules! export_effe {
         #[unsafe(no_mangle)]
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
-        pub static effe_abi_interfaces: $crate::interfaces::ExportedInterfaces =
+        pub static effe_abi_interfaces: $crate::abi::ExportedInterfaces =
             $crate::__private::interfaces::<$effe>();
     };
 }
@@ -85,15 +96,26 @@ pub const fn interfaces<E: Exported>() -> ExportedInterfaces {
 /// The tables of effe `E`, made once at compile time.
 trait Tables {
     const RUN_V2: &'static RunV2;
+    const META_V1: &'static MetaV1;
 }
 
 impl<E: Exported> Tables for E {
     const RUN_V2: &'static RunV2 = &RunV2 { run: run_v2::<E> };
+    const META_V1: &'static MetaV1 = &MetaV1 {
+        panic: PanicStrategy::CURRENT,
+        stream_request_body: E::STREAM_REQUEST_BODY,
+        max_streamed_body_size: match E::MAX_STREAMED_BODY_SIZE {
+            Some(max) => max,
+            None => 0,
+        },
+    };
 }
 
 extern "C" fn get_interface<E: Exported>(name: RStr<'_>) -> Interface {
     match name.as_str() {
         RUN_V2 => Interface::of(<E as Tables>::RUN_V2),
+        META_V1 => Interface::of(<E as Tables>::META_V1),
+        LOG_V1 => Interface::of(&crate::logging::LOG_V1),
         _ => Interface::NONE,
     }
 }
@@ -141,7 +163,7 @@ fn quiet_hook(info: &std::panic::PanicHookInfo<'_>) {
 }
 
 /// Runs `f`, turning an error or a panic into an [`EffeError`].
-fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> RResult<T, EffeError> {
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> RResult<T, EffeError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(value)) => RResult::ROk(value),
         Ok(Err(err)) => RResult::RErr(err.into()),
@@ -170,6 +192,7 @@ extern "C" fn init<E: Exported>() -> RResult<(), EffeError> {
     // This library's own std has its own hook, which would print Rust's multi-line panic
     // message beside the host's record. An effe that sets a hook in `init` keeps its own.
     std::panic::set_hook(Box::new(quiet_hook));
+    crate::logging::install();
     guard(|| {
         let effe = E::init()?;
         E::slot()
@@ -188,12 +211,15 @@ extern "C" fn run<'a, E: Exported>(
     req: &Request<'a>,
     resp: &mut module::ResponseWriter<'a>,
 ) -> RResult<(), EffeError> {
+    let _in_call = crate::ffi::InCall::enter(req, None);
     guard(|| {
         let effe = instance::<E>()?;
         // SAFETY: the host only passes back handles that `start::<E>` made.
         #[allow(unsafe_code)]
         let ctx = unsafe { ctx.as_mut::<E::Context>() };
-        effe.run(ctx, req, &mut ResponseWriter::over_sink(resp))
+        let mut writer = ResponseWriter::over_sink(resp);
+        let result = effe.run(ctx, req, &mut writer);
+        settle(result, &mut writer)
     })
 }
 
@@ -203,13 +229,47 @@ extern "C" fn run_v2<'a, 'b, E: Exported>(
     req: &'b Request<'a>,
     call: HostCall<'b>,
 ) -> RResult<(), EffeError> {
+    let _in_call = crate::ffi::InCall::enter(req, Some(&call));
     guard(|| {
         let effe = instance::<E>()?;
         // SAFETY: the host only passes back handles that `start::<E>` made.
         #[allow(unsafe_code)]
         let ctx = unsafe { ctx.as_mut::<E::Context>() };
-        effe.run(ctx, req, &mut ResponseWriter::over_call(call))
+        let mut writer = ResponseWriter::over_call(call);
+        let result = effe.run(ctx, req, &mut writer);
+        settle(result, &mut writer)
     })
+}
+
+/// What `run`'s result means for the host: an error with a status becomes the answer (and
+/// stays an error, to be logged, only for a 5xx), and a retiring error asks for the Context to
+/// be stopped. Shared with the testing kit, so that tests see what the host would send.
+pub(crate) fn settle(
+    result: Result<(), Error>,
+    writer: &mut ResponseWriter<'_>,
+) -> Result<(), Error> {
+    let Err(err) = result else {
+        return Ok(());
+    };
+    settle_error(err, writer)
+}
+
+#[cold]
+#[inline(never)]
+fn settle_error(err: Error, writer: &mut ResponseWriter<'_>) -> Result<(), Error> {
+    if err.retires() {
+        writer.retire();
+    }
+    match err.status() {
+        Some(status) if writer.answer(status, err.headers(), err.message()) => {
+            if status >= 500 {
+                Err(err)
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(err),
+    }
 }
 
 extern "C" fn stop<E: Exported>(ctx: RawContext) -> RResult<(), EffeError> {

@@ -19,11 +19,11 @@ use abi_stable::type_layout::TypeLayout;
 use abi_stable::StableAbi;
 
 use crate::interfaces::{
-    EffeInterfaces, ExportedInterfaces, HostCall, InterfaceTable, LayoutMismatch, ResponseV1,
-    INTERFACES_SYMBOL,
+    CallV1, EffeInterfaces, ExportedInterfaces, HostCall, InterfaceTable, LayoutMismatch,
+    ResponseV1, StreamV1, INTERFACES_SYMBOL,
 };
 use crate::module::EffeModuleRef;
-use crate::ResponseBuffer;
+use crate::{Request, ResponseBuffer};
 
 /// An owned, opaque Context: a `Box<E::Context>` made by the effe's `start`, held by the host,
 /// lent back to `run` (one call at a time, never concurrently) and given back to `stop`, which
@@ -122,7 +122,12 @@ pub(crate) extern "C" fn host_lookup(
     // SAFETY: `HostCall::lookup` passes `T::LAYOUT`, a `&'static TypeLayout`.
     let expected = unsafe { expected.cast::<TypeLayout>().as_ref() };
     let found = std::panic::catch_unwind(|| {
-        crate::interfaces::offer::<ResponseV1>(name.as_str(), expected, &crate::response::SERVICES)
+        let name = name.as_str();
+        crate::interfaces::offer::<ResponseV1>(name, expected, &crate::response::SERVICES)
+            .or_else(|| crate::interfaces::offer::<CallV1>(name, expected, &crate::response::CALL))
+            .or_else(|| {
+                crate::interfaces::offer::<StreamV1>(name, expected, &crate::stream::STREAM)
+            })
     });
     found.ok().flatten().into()
 }
@@ -182,4 +187,70 @@ impl EffeInterfaces {
         // SAFETY: the effe offered `found` under T's name, with T's layout.
         Ok(Some(unsafe { table::<T>(found) }))
     }
+}
+
+/// The `run` call in progress on a thread: its request, and the host's call state and lookup
+/// (absent for the baseline `run`).
+#[derive(Clone, Copy)]
+struct Current {
+    request: NonNull<Request<'static>>,
+    call: Option<(NonNull<c_void>, LookupFn)>,
+}
+
+type LookupFn = extern "C" fn(RStr<'_>, NonNull<c_void>) -> ROption<NonNull<c_void>>;
+
+std::thread_local! {
+    /// The `run` call in progress on this thread, for the logger's request id and the body
+    /// reader.
+    static CURRENT: std::cell::Cell<Option<Current>> = const { std::cell::Cell::new(None) };
+}
+
+/// The `run` call of `request` is in progress on this thread until this is dropped.
+pub(crate) struct InCall(Option<Current>);
+
+impl InCall {
+    pub(crate) fn enter(request: &Request<'_>, call: Option<&HostCall<'_>>) -> InCall {
+        let current = Current {
+            request: NonNull::from(request).cast::<Request<'static>>(),
+            call: call.map(|call| (call.state(), call.lookup)),
+        };
+        InCall(CURRENT.replace(Some(current)))
+    }
+}
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        CURRENT.set(self.0);
+    }
+}
+
+/// Runs `f` with the request id of the `run` call in progress on this thread (empty outside
+/// one).
+pub(crate) fn with_request_id<T>(f: impl FnOnce(&str) -> T) -> T {
+    match CURRENT.get() {
+        // SAFETY: `CURRENT` holds a request only while the `InCall` made from it lives, and an
+        // `InCall` lives within the `run` call that borrows the request (`export::run*`), on this
+        // thread: the request outlives every read here. Its lifetime is shortened back to this
+        // call by `f`'s signature.
+        Some(current) => f(unsafe { current.request.as_ref() }.request_id()),
+        None => f(""),
+    }
+}
+
+/// The host's streaming services and call state, if `request` is the one of the `run` call in
+/// progress on this thread and the host streams its body.
+pub(crate) fn streamed_body_of(
+    request: &Request<'_>,
+) -> Option<(&'static StreamV1, NonNull<c_void>)> {
+    let current = CURRENT.get()?;
+    if current.request.cast::<c_void>() != NonNull::from(request).cast::<c_void>() {
+        return None;
+    }
+    let (state, lookup) = current.call?;
+    let expected = NonNull::from(StreamV1::LAYOUT).cast::<c_void>();
+    let found = lookup(crate::interfaces::STREAM_V1.into(), expected).into_option()?;
+    // SAFETY: the host returns a table only for the name asked and a layout it checked
+    // against StreamV1's (`host_lookup`).
+    let stream = unsafe { table::<StreamV1>(found) };
+    with_buffer(state, |buf| buf.streams_body()).then_some((stream, state))
 }

@@ -1,6 +1,6 @@
 //! How the ABI grows: named interfaces, immutable once released, looked up by each side.
 //!
-//! The root module ([`EffeModule`](crate::EffeModule)) and everything it reaches are the
+//! The root module ([`EffeModule`](crate::abi::EffeModule)) and everything it reaches are the
 //! *baseline*, frozen as released in effe-abi 0.1.0: abi_stable refuses a library whose root
 //! module has fewer fields than the host's, or whose types come from a lower 0.x minor
 //! version, so the baseline can never change without refusing every effe built before.
@@ -22,19 +22,14 @@
 //! capabilities report that the host lacks them (see
 //! [`ResponseWriter::set_header`](crate::ResponseWriter::set_header)).
 //!
-//! Interfaces in this version:
-//!
-//! | name | offered by | what |
-//! |---|---|---|
-//! | [`RUN_V2`] | the effe | `run` with a [`HostCall`] instead of the baseline writer |
-//! | [`RESPONSE_V1`] | the host | the response services: the baseline's, and `set_header` |
+//! The interfaces of this version are listed in [`crate::abi`].
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
-use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString};
+use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
 use abi_stable::type_layout::TypeLayout;
 use abi_stable::StableAbi;
 
@@ -44,6 +39,14 @@ use crate::{EffeError, RawContext, Request};
 pub const RUN_V2: &str = "effe-abi/run@2";
 /// Name of [`ResponseV1`].
 pub const RESPONSE_V1: &str = "effe-abi/response@1";
+/// Name of [`MetaV1`].
+pub const META_V1: &str = "effe-abi/meta@1";
+/// Name of [`LogV1`].
+pub const LOG_V1: &str = "effe-abi/log@1";
+/// Name of [`CallV1`].
+pub const CALL_V1: &str = "effe-abi/call@1";
+/// Name of [`StreamV1`].
+pub const STREAM_V1: &str = "effe-abi/stream@1";
 
 /// A table that crosses the boundary under a name. Implemented only here (sealed): each `NAME`
 /// belongs to one type, whose layout never changes once released.
@@ -56,6 +59,10 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::RunV2 {}
     impl Sealed for super::ResponseV1 {}
+    impl Sealed for super::MetaV1 {}
+    impl Sealed for super::LogV1 {}
+    impl Sealed for super::CallV1 {}
+    impl Sealed for super::StreamV1 {}
 }
 
 /// `run`, taking a [`HostCall`] for the response (effe-abi 0.1.1 and later): the host calls
@@ -93,6 +100,113 @@ pub struct ResponseV1 {
 // Frozen as released in effe-abi 0.1.1.
 impl InterfaceTable for ResponseV1 {
     const NAME: &'static str = RESPONSE_V1;
+}
+
+/// How the effe's code was compiled to handle a panic.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicStrategy {
+    /// Panics unwind: the SDK catches them at the boundary and the host survives them.
+    Unwind,
+    /// Panics abort the process: the first one would take the host down.
+    Abort,
+}
+
+impl PanicStrategy {
+    /// The strategy this code is compiled with (the same for every crate of one build).
+    pub const CURRENT: PanicStrategy = if cfg!(panic = "unwind") {
+        PanicStrategy::Unwind
+    } else {
+        PanicStrategy::Abort
+    };
+
+    /// `unwind` or `abort`, as in `Cargo.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PanicStrategy::Unwind => "unwind",
+            PanicStrategy::Abort => "abort",
+        }
+    }
+}
+
+/// What an effe says about its build beyond [`EffeInfo`](crate::abi::EffeInfo), which is
+/// frozen (effe-abi 0.1.2 and later).
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct MetaV1 {
+    /// The host refuses an effe built with [`PanicStrategy::Abort`].
+    pub panic: PanicStrategy,
+    /// [`Effe::STREAM_REQUEST_BODY`](crate::Effe::STREAM_REQUEST_BODY).
+    pub stream_request_body: bool,
+    /// [`Effe::MAX_STREAMED_BODY_SIZE`](crate::Effe::MAX_STREAMED_BODY_SIZE); 0 for `None`
+    /// (the host's limit).
+    pub max_streamed_body_size: u64,
+}
+
+// Frozen as released in effe-abi 0.1.2.
+impl InterfaceTable for MetaV1 {
+    const NAME: &'static str = META_V1;
+}
+
+/// The host's log, as it lends it to the effe for the life of the process.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct HostLogV1 {
+    /// The most verbose level the host keeps: 0 off, 1 error, 2 warn, 3 info, 4 debug,
+    /// 5 trace (the numbering of the `log` crate's levels).
+    pub max_level: u8,
+    /// Logs `message` at `level` (1 to 5), from the effe's `target` (its module path), for
+    /// the request `request_id` (empty outside `run`).
+    pub log: extern "C" fn(level: u8, request_id: RStr<'_>, target: RStr<'_>, message: RStr<'_>),
+}
+
+/// How the effe takes the host's log: the host calls `attach` once, after loading and before
+/// `init` (effe-abi 0.1.2 and later).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct LogV1 {
+    /// Keeps `log` for the rest of the process.
+    pub attach: extern "C" fn(log: &'static HostLogV1),
+}
+
+// Frozen as released in effe-abi 0.1.2.
+impl InterfaceTable for LogV1 {
+    const NAME: &'static str = LOG_V1;
+}
+
+/// The host's services for one call beyond the response (effe-abi 0.1.2 and later). Each
+/// takes the call's state (see [`HostCall`]).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct CallV1 {
+    /// Stop this call's Context once the call returns, rather than reuse it.
+    pub(crate) retire: extern "C" fn(NonNull<c_void>),
+    /// Forget the status, headers and body written so far; `false` if the response is broken
+    /// (nothing can be written to it any more).
+    pub(crate) reset: extern "C" fn(NonNull<c_void>) -> bool,
+}
+
+// Frozen as released in effe-abi 0.1.2.
+impl InterfaceTable for CallV1 {
+    const NAME: &'static str = CALL_V1;
+}
+
+/// The host's streaming services for one call (effe-abi 0.1.2 and later): send the response
+/// as it is written, read the request body as it arrives. Each takes the call's state.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct StreamV1 {
+    /// Sends the head (first time) and the body written so far.
+    pub(crate) flush: extern "C" fn(NonNull<c_void>) -> RResult<(), RString>,
+    /// Appends to the body like `write_body`, and says whether the stream has failed.
+    pub(crate) write: extern "C" fn(NonNull<c_void>, RSlice<'_, u8>) -> RResult<(), RString>,
+    /// Reads the next bytes of the request body into the buffer; 0 at its end.
+    pub(crate) read: extern "C" fn(NonNull<c_void>, RSliceMut<'_, u8>) -> RResult<usize, RString>,
+}
+
+// Frozen as released in effe-abi 0.1.2.
+impl InterfaceTable for StreamV1 {
+    const NAME: &'static str = STREAM_V1;
 }
 
 /// What the host lends `run@2` for one call: the call's state (only the host knows its type),

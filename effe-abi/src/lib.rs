@@ -2,14 +2,18 @@
 //! loaded by the host with `dlopen` and called for every HTTP request.
 //!
 //! Authors implement the safe [`Effe`] trait and export it with [`export_effe!`]; they write no
-//! `unsafe` and no `extern`. The host loads the library through `abi_stable`, which checks at load
-//! time that the effe was built against a compatible effe-abi: same major version (same minor
-//! while 0.x, or a newer one) and matching type layouts. A mismatch is a clear load error, never
-//! undefined behaviour.
+//! `unsafe` and no `extern`. `effe-host new NAME` makes a crate ready to build, test and serve.
+//! The host loads the library through `abi_stable`, which checks at load time that the effe was
+//! built against a compatible effe-abi: same major version (same minor while 0.x, or a newer
+//! one) and matching type layouts. A mismatch is a clear load error, never undefined behaviour.
+//!
+//! What an author uses is at the crate root: [`Effe`], [`Request`], [`ResponseWriter`],
+//! [`Error`], [`export_effe!`], [`testing`] and [`log`]. What the host needs to cross the
+//! boundary is in [`abi`].
 //!
 //! # A complete effe
 //!
-//! `Cargo.toml`:
+//! `Cargo.toml` (`effe-host new` writes one, with the effe-abi dependency resolved):
 //!
 //! ```toml
 //! [package]
@@ -22,7 +26,10 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! effe-abi = "0.1"
+//! effe-abi = { path = "effe-abi" }
+//!
+//! [profile.release]
+//! panic = "unwind" # the default; `abort` is refused: one panic would end the host
 //! ```
 //!
 //! `src/lib.rs`:
@@ -56,85 +63,96 @@
 //!         -> Result<(), Error>
 //!     {
 //!         conn.served += 1;
-//!         let name = req.query().unwrap_or("world");
+//!         let name = req.query_param("name").unwrap_or("world".into());
 //!         if name.is_empty() {
-//!             return Err(Error::msg("empty name")); // logged; the client gets 500
+//!             // The client gets 400 with this text; nothing is logged.
+//!             return Err(Error::bad_request("empty name"));
 //!         }
-//!         resp.header("content-type", "text/plain")?;
-//!         resp.body(format!("{}, {name}!", self.greeting));
+//!         effe_abi::log::debug!("greeting {name}"); // to the host's log, with the request id
+//!         resp.text(format!("{}, {name}!", self.greeting));
 //!         Ok(())
 //!     }
 //! }
 //!
 //! effe_abi::export_effe!(Greet);
 //!
-//! // Effes can be unit-tested without a host:
-//! let greet = Greet::init().unwrap();
-//! let mut conn = greet.start().unwrap();
-//! let req = Request::new(effe_abi::RequestParts {
-//!     method: "GET",
-//!     target: "/?effe",
-//!     version: effe_abi::HttpVersion::Http11,
-//!     headers: &[],
-//!     body: b"",
-//!     peer_addr: "127.0.0.1:4000",
-//!     request_id: "test-1",
-//! });
-//! let mut out = effe_abi::ResponseBuffer::new();
-//! greet.run(&mut conn, &req, &mut out.writer()).unwrap();
-//! let (status, _headers, body) = out.into_parts();
-//! assert_eq!((status.as_u16(), &body[..]), (200, &b"Hello, effe!"[..]));
+//! // Unit tests need no host and no `.so` (see `testing`):
+//! # fn main() -> Result<(), effe_abi::Error> {
+//! let mut host = effe_abi::testing::TestHost::<Greet>::new()?;
+//! let resp = host.call(http::Request::get("/?name=effe").body("")?);
+//! assert_eq!(resp.status(), 200);
+//! assert_eq!(resp.body(), b"Hello, effe!");
+//! assert_eq!(host.call(http::Request::get("/?name=").body("")?).status(), 400);
+//! let life = host.finish()?;
+//! assert_eq!(life.starts, life.stops);
+//! # Ok(()) }
 //! ```
+//!
+//! # Errors
+//!
+//! - A plain [`Error`] (from `?` on any error, or [`Error::msg`]) is logged with the request
+//!   id, and the client gets `500` (unless the effe wrote a response before failing).
+//! - An error with a status ([`Error::with_status`], [`Error::not_found`], …) is the client's
+//!   answer: that status and its public message. Only 5xx ones are logged.
+//! - [`Error::retire`] also stops the Context rather than reuse it: a broken connection.
+//! - A panic is caught at the boundary: `500`, logged, and the Context is retired.
 //!
 //! # Versions: what loads where
 //!
 //! | effe built against | host built against | works? |
 //! |---|---|---|
 //! | effe-abi 0.1.0 | 0.1.1 or later 0.1.x | yes: the baseline (`run`, the three writer methods) |
-//! | 0.1.1 | 0.1.0 | yes: the baseline; [`ResponseWriter::set_header`] returns an error |
-//! | 0.1.1 | 0.1.1 | yes: everything, through [`interfaces`] |
+//! | 0.1.1 or later | an older 0.1.x | yes: what that host offers; newer calls return an error (e.g. [`ResponseWriter::set_header`] in a 0.1.0 host) |
+//! | 0.1.x | the same or a newer 0.1.x | yes: everything |
 //! | 0.1.x | 0.2 (a new baseline) | no: refused at load, exit code 6, "rebuild the effe" |
 //!
-//! The rules that make this hold (docs/abi.md in the repository tells why):
-//!
-//! - **The baseline is frozen.** [`EffeModule`] and every type it reaches ([`EffeInfo`],
-//!   [`Request`], [`Header`], [`HttpVersion`], [`module::ResponseWriter`], [`ResponseSink`],
-//!   [`EffeError`], [`ErrorKind`], [`RawContext`]) keep their names, fields and layouts as
-//!   released in 0.1.0. abi_stable checks them at load and would refuse every older effe after
-//!   any change, even an appended field: it accepts a library with *more* prefix fields than
-//!   the host, never fewer.
-//! - **The crate stays 0.1.x** while the baseline holds: abi_stable compares the package name
-//!   and (while 0.x) the minor version of every type, and refuses an effe with a lower minor.
-//! - **New capabilities are named interfaces**, frozen once released: a change is a new name
-//!   (`effe-abi/run@3`), never an edit. See [`interfaces`].
-//! - Breaking the baseline means 0.2: every effe must be rebuilt, and hosts refuse the old ones
-//!   with a clear error.
+//! [`abi`] says how that holds.
 
 #![warn(missing_docs)]
 
+pub mod abi;
 mod effe;
 mod error;
 mod export;
 mod ffi;
-pub mod interfaces;
-pub mod module;
+mod interfaces;
+#[cfg(feature = "json")]
+mod json;
+mod logging;
+mod module;
 #[cfg(test)]
 mod proptests;
+mod query;
 mod request;
 mod response;
+mod stream;
+pub mod testing;
 
 pub use effe::Effe;
-pub use error::{EffeError, Error, ErrorKind};
-pub use ffi::{RawContext, ResponseSink, ResponseSink_TO};
-pub use module::{EffeInfo, EffeModule, EffeModuleRef, ABI_VERSION};
-pub use request::{Header, HttpVersion, Request, RequestParts, DEADLINE_HEADER};
-pub use response::{
-    ResponseBuffer, ResponseWriter, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEADER_BYTES,
+pub use error::Error;
+pub use request::{
+    Header, HttpVersion, Request, CLIENT_CERT_HEADER, CLIENT_SUBJECT_HEADER, DEADLINE_HEADER,
 };
+pub use response::{ResponseWriter, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEADER_BYTES};
+pub use stream::BodyReader;
 
 /// Re-exported so that effes can convert to and from the `http` crate's types with the same
 /// version the SDK uses.
 pub use http;
+
+/// Re-exported: the logging facade whose records reach the host's log, tagged with the effe's
+/// name and the request id (`effe_abi::log::info!("...")`, or `log::info!` with `log` as a
+/// dependency of the effe). Errors also go to syslog, as run failures do. Outside `run` (in
+/// `init`, `start`, `stop`) records carry no request id.
+pub use log;
+
+// The boundary's items at their 0.1.0 and 0.1.1 paths, so that effes written against those
+// keep compiling; `abi` is where they live now.
+#[doc(hidden)]
+pub use abi::{
+    EffeError, EffeInfo, EffeModule, EffeModuleRef, ErrorKind, RawContext, RequestParts,
+    ResponseBuffer, ResponseSink, ResponseSink_TO, ABI_VERSION,
+};
 
 #[doc(hidden)]
 pub mod __private {

@@ -94,7 +94,7 @@ pub struct ResponseWriter<'a> {
 /// Frozen as released in effe-abi 0.1.0, with every type it reaches: abi_stable refuses a
 /// library whose root module has fewer fields than the host's, so appending a field would
 /// refuse every effe built before it. New entry points are interfaces
-/// ([`crate::interfaces`]).
+/// ([`crate::abi`]).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = EffeModuleRef)))]

@@ -15,6 +15,18 @@ use crate::Error;
 /// `--timeout`, and drops any the client sent. Read it with [`Request::deadline`].
 pub const DEADLINE_HEADER: &str = "effe-deadline-ms";
 
+/// The header through which the host tells `run` who the client is under mutual TLS: the
+/// subject of the certificate it presented, as an RFC 4514 string (`CN=alice,O=Example`, as
+/// nginx's `$ssl_client_s_dn`). The host sets it only on connections whose client presented a
+/// certificate it verified (`effe-host --tls-client-ca`), and drops any the client sent. Read
+/// it with [`Request::client_subject`].
+pub const CLIENT_SUBJECT_HEADER: &str = "effe-client-subject";
+
+/// The header through which the host passes the client's certificate itself under mutual TLS:
+/// the leaf's DER, in base64 (standard alphabet, padded). Set and dropped as
+/// [`CLIENT_SUBJECT_HEADER`] is. Read it with [`Request::client_certificate`].
+pub const CLIENT_CERT_HEADER: &str = "effe-client-cert";
+
 /// The HTTP version the request arrived with.
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +214,30 @@ impl<'a> Request<'a> {
         )
     }
 
+    /// Who the client is, under mutual TLS: the subject of its certificate as an RFC 4514 string,
+    /// most specific part first (`CN=alice,OU=Payments,O=Example`), special characters escaped
+    /// with `\`. The host has verified the certificate against its `--tls-client-ca`.
+    ///
+    /// `None` without mutual TLS, and from a host that predates [`CLIENT_SUBJECT_HEADER`] (and
+    /// should the host fail to read the subject of a certificate it verified: the certificate
+    /// itself is still in [`client_certificate`](Self::client_certificate)). A client cannot
+    /// forge it: the host drops that header when a client sends it, on every connection, TLS or
+    /// not.
+    pub fn client_subject(&self) -> Option<&'a str> {
+        self.header_str(CLIENT_SUBJECT_HEADER)
+    }
+
+    /// The certificate the client presented under mutual TLS (the leaf, DER-encoded), for what
+    /// [`client_subject`](Self::client_subject) does not tell: its serial number, its
+    /// subject alternative names, its public key. Parse it with an X.509 crate. Decoded from
+    /// [`CLIENT_CERT_HEADER`] on each call.
+    ///
+    /// `None` without mutual TLS, from a host that predates [`CLIENT_CERT_HEADER`], or if the
+    /// header is not valid base64 (never so from the host).
+    pub fn client_certificate(&self) -> Option<Vec<u8>> {
+        base64_decode(self.header(CLIENT_CERT_HEADER)?)
+    }
+
     /// The whole request body.
     pub fn body(&self) -> &'a [u8] {
         self.body.as_slice()
@@ -233,6 +269,42 @@ impl<'a> Request<'a> {
         }
         Ok(builder.body(self.body().to_vec())?)
     }
+}
+
+/// Base64 with the standard alphabet and padding (RFC 4648 §4), as the host writes it; `None`
+/// for anything else. By hand: one small function spares every effe a dependency.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    fn sextet(c: u8) -> Option<u32> {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        Some(u32::from(v))
+    }
+    if text.len() % 4 != 0 {
+        return None;
+    }
+    let quads = text.len() / 4;
+    let mut out = Vec::with_capacity(quads * 3);
+    for (i, quad) in text.chunks_exact(4).enumerate() {
+        // One or two `=`, in the last four characters only.
+        let pad = match quad {
+            [_, _, b'=', b'='] if i + 1 == quads => 2,
+            [_, _, _, b'='] if i + 1 == quads => 1,
+            _ => 0,
+        };
+        let mut bits = 0;
+        for &c in &quad[..4 - pad] {
+            bits = bits << 6 | sextet(c)?;
+        }
+        bits <<= 6 * pad;
+        out.extend_from_slice(&bits.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -283,5 +355,62 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(4_102_444_800);
         assert_eq!(req.deadline(), Some(at));
         assert!(req.time_left().unwrap() > Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn base64_as_rfc_4648_says() {
+        for (text, bytes) in [
+            ("", &b""[..]),
+            ("Zg==", b"f"),
+            ("Zm8=", b"fo"),
+            ("Zm9v", b"foo"),
+            ("Zm9vYg==", b"foob"),
+            ("Zm9vYmE=", b"fooba"),
+            ("Zm9vYmFy", b"foobar"),
+            ("+/+/", b"\xfb\xff\xbf"),
+            ("AP8=", b"\x00\xff"),
+        ] {
+            assert_eq!(
+                base64_decode(text.as_bytes()).as_deref(),
+                Some(bytes),
+                "{text}"
+            );
+        }
+        // Unpadded, padding inside, too much padding, the URL-safe alphabet, a space.
+        for bad in ["Zg", "Zg=", "Zg==Zm9v", "Z===", "====", "-_-_", "Zm9 "] {
+            assert_eq!(base64_decode(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_identity_from_the_hosts_headers() {
+        let headers = [
+            Header::new("host", b"h"),
+            Header::new(CLIENT_SUBJECT_HEADER, b"CN=alice,O=Example\\, Inc."),
+            Header::new(CLIENT_CERT_HEADER, b"MAEC"),
+        ];
+        let req = Request::new(RequestParts {
+            method: "GET",
+            target: "/",
+            version: HttpVersion::Http2,
+            headers: &headers,
+            body: b"",
+            peer_addr: "127.0.0.1:9",
+            request_id: "r1",
+        });
+        assert_eq!(req.client_subject(), Some("CN=alice,O=Example\\, Inc."));
+        assert_eq!(req.client_certificate(), Some(vec![0x30, 0x01, 0x02]));
+
+        let bare = Request::new(RequestParts {
+            method: "GET",
+            target: "/",
+            version: HttpVersion::Http11,
+            headers: &headers[..1],
+            body: b"",
+            peer_addr: "127.0.0.1:9",
+            request_id: "r2",
+        });
+        assert_eq!(bare.client_subject(), None);
+        assert_eq!(bare.client_certificate(), None);
     }
 }

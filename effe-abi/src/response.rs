@@ -19,7 +19,8 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 
 use crate::ffi::{ResponseSink, ResponseSink_TO};
-use crate::interfaces::{HostCall, ResponseV1};
+use crate::interfaces::{CallV1, HostCall, ResponseV1, StreamV1};
+use crate::stream::{BodySource, StreamSink, CHUNK};
 use crate::{module, Error};
 
 /// Where an effe writes its response during one `run` call.
@@ -51,6 +52,11 @@ use crate::{module, Error};
 /// ```
 pub struct ResponseWriter<'a> {
     out: Out<'a>,
+    /// `stream@1`, once looked up.
+    stream: Option<Option<&'static StreamV1>>,
+    /// Whether anything was written through this writer (whether the host kept it or not):
+    /// an error's answer may replace it only where the host can reset the response.
+    touched: bool,
 }
 
 /// Where the writes go.
@@ -65,13 +71,81 @@ impl<'a> ResponseWriter<'a> {
     pub(crate) fn over_sink<'s>(raw: &'a mut module::ResponseWriter<'s>) -> Self {
         ResponseWriter {
             out: Out::Sink(raw.sink.sabi_reborrow_mut()),
+            stream: None,
+            touched: false,
         }
     }
 
     pub(crate) fn over_call(call: HostCall<'a>) -> Self {
         ResponseWriter {
             out: Out::Call(call),
+            stream: None,
+            touched: false,
         }
+    }
+
+    /// The host's per-call services, if it has them (effe-abi 0.1.2 and later).
+    fn call_services(&self) -> Option<(&'static CallV1, NonNull<c_void>)> {
+        match &self.out {
+            Out::Sink(_) => None,
+            Out::Call(call) => Some((call.lookup::<CallV1>()?, call.state())),
+        }
+    }
+
+    /// The host's streaming services, looked up once per call.
+    fn stream_services(&mut self) -> Option<(&'static StreamV1, NonNull<c_void>)> {
+        let Out::Call(call) = &self.out else {
+            return None;
+        };
+        let state = call.state();
+        let stream = *self.stream.get_or_insert_with(|| call.lookup::<StreamV1>());
+        Some((stream?, state))
+    }
+
+    /// Asks the host to stop this call's Context after the call; `false` if it cannot.
+    pub(crate) fn retire(&mut self) -> bool {
+        self.call_services()
+            .map(|(services, state)| (services.retire)(state))
+            .is_some()
+    }
+
+    /// Answers `status` with `headers` and `body` in place of whatever was written (with
+    /// `content-type: text/plain` unless `headers` say otherwise); `false` if that cannot be
+    /// done (an older host, after a write; a broken response; an invalid header).
+    pub(crate) fn answer(
+        &mut self,
+        status: u16,
+        headers: &[(String, Vec<u8>)],
+        body: &str,
+    ) -> bool {
+        // Checked before anything is reset: an answer that cannot be whole is not begun.
+        let valid = headers.iter().all(|(name, value)| {
+            HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && HeaderValue::from_bytes(value).is_ok()
+        });
+        if !valid {
+            return false;
+        }
+        let reset = match self.call_services() {
+            Some((services, state)) => (services.reset)(state),
+            None => !self.touched,
+        };
+        let typed = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        reset
+            && self.status(status).is_ok()
+            && (typed
+                || self
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .is_ok())
+            && headers
+                .iter()
+                .all(|(name, value)| self.header(name, value).is_ok())
+            && {
+                self.body(body);
+                true
+            }
     }
 }
 
@@ -82,6 +156,7 @@ impl ResponseWriter<'_> {
     ///
     /// If `code` is not a final status (200–999), or the response is broken.
     pub fn status(&mut self, code: u16) -> Result<&mut Self, Error> {
+        self.touched = true;
         match &mut self.out {
             Out::Sink(sink) => sink.set_status(code),
             Out::Call(call) => (call.response().set_status)(call.state(), code),
@@ -101,6 +176,7 @@ impl ResponseWriter<'_> {
     /// [`MAX_RESPONSE_HEADER_BYTES`], or the response is broken (the client will get `500`).
     pub fn header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<&mut Self, Error> {
         let value = value.as_ref();
+        self.touched = true;
         match &mut self.out {
             Out::Sink(sink) => sink.append_header(name.into(), value.into()),
             Out::Call(call) => {
@@ -123,6 +199,7 @@ impl ResponseWriter<'_> {
     /// As [`header`](Self::header), and in a host older than effe-abi 0.1.1.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<&mut Self, Error> {
         let value = value.as_ref();
+        self.touched = true;
         match &mut self.out {
             Out::Sink(_) => {
                 return Err(Error::msg(
@@ -142,11 +219,63 @@ impl ResponseWriter<'_> {
     /// and the client gets `500`.
     pub fn body(&mut self, bytes: impl AsRef<[u8]>) -> &mut Self {
         let bytes = bytes.as_ref();
+        self.touched |= !bytes.is_empty();
         match &mut self.out {
             Out::Sink(sink) => sink.write_body(bytes.into()),
             Out::Call(call) => (call.response().write_body)(call.state(), bytes.into()),
         }
         self
+    }
+
+    /// Answers `text` as `text/plain; charset=utf-8` (replacing any content type set before).
+    /// The status stays as set (200 unless set).
+    pub fn text(&mut self, text: impl AsRef<str>) -> &mut Self {
+        let content_type = "text/plain; charset=utf-8";
+        // Only a broken response refuses a valid header; the body then goes nowhere too.
+        if self.set_header("content-type", content_type).is_err() {
+            let _ = self.header("content-type", content_type);
+        }
+        self.body(text.as_ref())
+    }
+
+    /// Sends what was written so far: the first flush sends the status and headers, and the
+    /// response then *streams*: every later write goes to the client as it is made (chunked on
+    /// HTTP/1.1, DATA frames on HTTP/2), in chunks of up to 16 KiB, and blocks while the client
+    /// is behind. Write with [`std::io::Write`] (`write!`, `write_all`), which fails once the
+    /// client has gone; [`body`](Self::body) cannot fail, and its failure shows at the next
+    /// flush.
+    ///
+    /// After the first flush the status and headers can no longer change, and an error or a
+    /// panic from `run` *cuts* the stream: HTTP/1.1 closes the connection without the last
+    /// chunk, HTTP/2 resets the stream, so the client cannot take it for a whole response.
+    ///
+    /// A response that is never flushed is sent whole when `run` returns, with its
+    /// `content-length`, as before.
+    ///
+    ///
+    /// # Errors
+    ///
+    /// When the client has gone, the host's `--timeout` has passed (the stream was cut), or the
+    /// response is broken.
+    ///
+    /// A [`NONBLOCKING`](crate::Effe) effe cannot stream (its writes may not block): there,
+    /// as in an older host, this does nothing and the response is sent whole.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// # fn events(w: &mut effe_abi::ResponseWriter<'_>) -> Result<(), effe_abi::Error> {
+    /// w.header("content-type", "text/event-stream")?;
+    /// for n in 1..=3 {
+    ///     write!(w, "data: {n}\n\n")?;
+    ///     w.flush()?; // this event now, not when run returns
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn flush(&mut self) -> Result<(), Error> {
+        match self.stream_services() {
+            Some((stream, state)) => (stream.flush)(state).into_result().map_err(Error::msg),
+            None => Ok(()),
+        }
     }
 
     /// Writes a whole [`http::Response`]: status, headers, body.
@@ -165,14 +294,30 @@ impl ResponseWriter<'_> {
     }
 }
 
+/// Writes go to the body. Once the response streams ([`ResponseWriter::flush`]), a write
+/// fails when the client has gone: stop writing and return.
 impl std::io::Write for ResponseWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.body(buf);
+        match self.stream_services() {
+            Some((stream, state)) => {
+                self.touched |= !buf.is_empty();
+                (stream.write)(state, buf.into())
+                    .into_result()
+                    .map_err(|why| {
+                        std::io::Error::new(std::io::ErrorKind::BrokenPipe, why.to_string())
+                    })?;
+            }
+            None => {
+                self.body(buf);
+            }
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        ResponseWriter::flush(self).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.message().to_owned())
+        })
     }
 }
 
@@ -209,6 +354,14 @@ pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
 /// sending a response that is not the one the effe wrote ([`failure`](Self::failure)).
 #[derive(Debug, Default)]
 pub struct ResponseBuffer {
+    /// Where the response goes once the effe flushes: set by the host where it can stream.
+    stream: Option<Box<dyn StreamSink>>,
+    /// The head has gone to `stream`: `body` holds what is not sent yet.
+    streaming: bool,
+    /// Why the stream failed (the client went away): later writes are dropped.
+    stream_failed: Option<String>,
+    /// Where a streamed request body comes from: set by the host.
+    body_source: Option<Box<dyn BodySource>>,
     status: Option<StatusCode>,
     headers: HeaderMap,
     /// Name and value bytes of `headers`, against [`MAX_RESPONSE_HEADER_BYTES`].
@@ -217,6 +370,8 @@ pub struct ResponseBuffer {
     written: bool,
     /// Why the response can no longer be sent; static text where allocating may fail.
     broken: Option<Cow<'static, str>>,
+    /// The effe asked for its Context to be stopped after this call.
+    retire: bool,
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -263,6 +418,26 @@ impl ResponseBuffer {
         self.written
     }
 
+    /// Whether the effe asked the host to stop this call's Context rather than reuse it
+    /// ([`Error::retire`](crate::Error::retire)).
+    pub fn retire_requested(&self) -> bool {
+        self.retire
+    }
+
+    /// Forgets the status, headers and body written so far (an error's answer replaces them);
+    /// `false`, changing nothing, if the response is broken or its head has been sent.
+    fn reset(&mut self) -> bool {
+        if self.broken.is_some() || self.streaming {
+            return false;
+        }
+        self.status = None;
+        self.headers.clear();
+        self.header_bytes = 0;
+        self.body.clear();
+        self.written = false;
+        true
+    }
+
     /// Whether the response is broken: it cannot be sent as written, and the host answers `500`.
     pub fn is_broken(&self) -> bool {
         self.broken.is_some()
@@ -271,6 +446,39 @@ impl ResponseBuffer {
     /// Why the response is broken, if it is: `too many response headers (limit 1000)`, …
     pub fn failure(&self) -> Option<&str> {
         self.broken.as_deref()
+    }
+
+    /// Lets the effe stream this response: on its first flush the head goes to `sink`, and the
+    /// body follows as it is written. The host then ends the stream with
+    /// [`finish_stream`](Self::finish_stream).
+    pub fn stream_to(&mut self, sink: Box<dyn StreamSink>) {
+        self.stream = Some(sink);
+    }
+
+    /// Gives the effe the request body from `source`, as it arrives.
+    pub fn body_from(&mut self, source: Box<dyn BodySource>) {
+        self.body_source = Some(source);
+    }
+
+    /// Whether the head has been sent (the effe flushed): the response is the stream's, and
+    /// [`into_parts`](Self::into_parts) has nothing to send.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
+    }
+
+    /// After `run`: sends what is left of a streaming response and ends it, or cuts it if `ok`
+    /// is false (`run` failed: the client must not take the stream for a whole response).
+    pub fn finish_stream(mut self, ok: bool) {
+        let Some(mut sink) = self.stream.take() else {
+            return;
+        };
+        let ok = ok && self.broken.is_none() && self.stream_failed.is_none();
+        if ok && !self.body.is_empty() && sink.data(std::mem::take(&mut self.body)).is_err() {
+            return;
+        }
+        if !ok {
+            sink.cut();
+        }
     }
 
     /// The status (200 unless set), headers and body. For a broken response, what was kept before
@@ -286,7 +494,7 @@ impl ResponseBuffer {
     /// Runs one sink method. A panic must not reach the `extern "C"` shim, where it would abort
     /// the host: none is known (this is defence in depth), but one breaks the response instead.
     /// Free when nothing panics.
-    fn guarded<T>(&mut self, method: impl FnOnce(&mut Self) -> T) -> Option<T> {
+    pub(crate) fn guarded<T>(&mut self, method: impl FnOnce(&mut Self) -> T) -> Option<T> {
         match catch_unwind(AssertUnwindSafe(|| method(&mut *self))) {
             Ok(out) => Some(out),
             Err(_) => {
@@ -319,6 +527,9 @@ impl ResponseBuffer {
     fn store_status(&mut self, status: u16) -> RResult<(), RString> {
         if self.broken.is_some() {
             return self.refuse_broken();
+        }
+        if self.streaming {
+            return refuse(format_args!("the response head has been sent (flushed)"));
         }
         match StatusCode::from_u16(status) {
             Ok(code) if !code.is_informational() => {
@@ -354,6 +565,9 @@ impl ResponseBuffer {
     fn store_header(&mut self, name: &str, value: &[u8]) -> RResult<(), RString> {
         if self.broken.is_some() {
             return self.refuse_broken();
+        }
+        if self.streaming {
+            return refuse(format_args!("the response head has been sent (flushed)"));
         }
         let size = name.len() + value.len();
         // Before parsing, which copies: bounds what one call can make the host allocate.
@@ -405,11 +619,93 @@ impl ResponseBuffer {
         // `extend_from_slice` aborts the process when the allocator fails (or panics past
         // `isize::MAX`); the effe cannot be told, so the response breaks and the host answers 500
         // rather than send a truncated body.
+        if self.streaming {
+            return self.stream_body(chunk);
+        }
         if self.body.try_reserve(chunk.len()).is_err() {
             return self.body_failed();
         }
         self.body.extend_from_slice(chunk);
         self.written = true;
+    }
+
+    /// A write once streaming: into chunks of at most [`CHUNK`], each sent when full.
+    #[inline(never)]
+    fn stream_body(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() && self.stream_failed.is_none() {
+            let room = CHUNK - self.body.len().min(CHUNK);
+            let (now, later) = chunk.split_at(room.min(chunk.len()));
+            self.body.extend_from_slice(now);
+            chunk = later;
+            if self.body.len() >= CHUNK {
+                self.send_body();
+            }
+        }
+    }
+
+    /// Sends `body` down the stream; a failure is kept, and what is written after it dropped.
+    fn send_body(&mut self) {
+        let Some(sink) = &mut self.stream else { return };
+        let chunk = std::mem::replace(&mut self.body, Vec::with_capacity(CHUNK));
+        if let Err(why) = sink.data(chunk) {
+            self.stream_failed = Some(why);
+            self.body = Vec::new();
+        }
+    }
+
+    /// `stream@1`'s flush: the head the first time, then the body written since.
+    pub(crate) fn flush(&mut self) -> RResult<(), RString> {
+        if self.broken.is_some() {
+            return self.refuse_broken();
+        }
+        if let Some(why) = &self.stream_failed {
+            return refuse(format_args!("{why}"));
+        }
+        // Where the host lends no stream (a NONBLOCKING effe's writes may not block), the
+        // response is sent whole when `run` returns, as in an older host: correct, only late.
+        let Some(sink) = &mut self.stream else {
+            return RResult::ROk(());
+        };
+        if !self.streaming {
+            let status = self.status.unwrap_or(StatusCode::OK);
+            if let Err(why) = sink.head(status, std::mem::take(&mut self.headers)) {
+                self.stream_failed = Some(why.clone());
+                return refuse(format_args!("{why}"));
+            }
+            self.streaming = true;
+            self.written = true;
+        }
+        if !self.body.is_empty() {
+            self.send_body();
+        }
+        match &self.stream_failed {
+            Some(why) => refuse(format_args!("{why}")),
+            None => RResult::ROk(()),
+        }
+    }
+
+    /// `stream@1`'s write: as `write_body`, and the stream's failure if it has failed.
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> RResult<(), RString> {
+        self.store_body(chunk);
+        match (&self.stream_failed, &self.broken) {
+            (Some(why), _) => refuse(format_args!("{why}")),
+            (None, Some(_)) => self.refuse_broken(),
+            (None, None) => RResult::ROk(()),
+        }
+    }
+
+    /// `stream@1`'s read: the streamed body, or nothing when the host did not stream it (the
+    /// effe's reader then reads `Request::body`).
+    pub(crate) fn read_body(&mut self, into: &mut [u8]) -> RResult<usize, RString> {
+        match &mut self.body_source {
+            Some(source) => source.read(into).map_err(RString::from).into(),
+            None => RResult::ROk(0),
+        }
+    }
+
+    /// Whether the host streams this call's request body.
+    pub(crate) fn streams_body(&self) -> bool {
+        self.body_source.is_some()
     }
 }
 
@@ -454,6 +750,22 @@ impl fmt::Display for Shown<'_> {
 #[inline(never)]
 fn refuse(why: fmt::Arguments<'_>) -> RResult<(), RString> {
     RResult::RErr(why.to_string().into())
+}
+
+/// The per-call services the host offers `run@2` beyond the response.
+pub(crate) static CALL: CallV1 = CallV1 {
+    retire: call_retire,
+    reset: call_reset,
+};
+
+extern "C" fn call_retire(state: NonNull<c_void>) {
+    crate::ffi::with_buffer(state, |buf| buf.retire = true)
+}
+
+extern "C" fn call_reset(state: NonNull<c_void>) -> bool {
+    crate::ffi::with_buffer(state, |buf| {
+        buf.guarded(ResponseBuffer::reset) == Some(true)
+    })
 }
 
 /// The response services the host offers `run@2` (and unit tests use through

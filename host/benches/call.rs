@@ -13,7 +13,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use effe_abi::ResponseBuffer;
+use effe_abi::abi::ResponseBuffer;
 use effe_host::invoke::Effes;
 use effe_host::metrics::{Build, Metrics};
 use effe_host::plugin::{Call, Plugin};
@@ -101,6 +101,7 @@ fn call(f: &Fixture, lease: &mut Lease<Effes>) -> ResponseBuffer {
         peer_addr: "127.0.0.1:40000",
         request_id: "0123abcd-1",
         deadline_ms: Some(1_764_412_345_678),
+        client: None,
     };
     let mut out = ResponseBuffer::new();
     f.plugin.run(lease.context(), &call, &mut out).expect("run");

@@ -10,15 +10,29 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue};
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::error::Fatal;
 use crate::log::SyslogTarget;
 
 /// Serve one effe (a Rust cdylib built against effe-abi) over HTTP/1.1 and HTTP/2.
+// A command is only recognised before any flag (`args_conflicts_with_subcommands`), so every
+// serving command line means what it always meant, and `--plugin` is not required with one.
 #[derive(Parser, Debug)]
-#[command(name = "effe-host", version, about, max_term_width = 100, after_help = AFTER_HELP)]
+#[command(
+    name = "effe-host",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = AFTER_HELP,
+    override_usage = USAGE,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The effe to serve: a shared library built with `effe_abi::export_effe!`.
     #[arg(
         long,
@@ -34,7 +48,9 @@ pub struct Args {
     #[arg(long, value_name = "PATH|URL", num_args = 0..=1, default_missing_value = "/readyz")]
     pub probe: Option<String>,
 
-    /// Print the effe's metadata as one JSON object and exit (Init is not called).
+    /// Print the effe's metadata as one JSON object and exit (Init is not called). Kept for
+    /// scripts: `effe-host check --plugin PATH` is its new name, and also says the effe's panic
+    /// strategy.
     #[arg(long, env = "EFFE_INFO", value_parser = parse_bool)]
     pub info: bool,
 
@@ -263,6 +279,72 @@ pub struct Args {
     )]
     pub admin_listen: String,
 }
+
+const USAGE: &str = "\
+effe-host --plugin <PATH> [OPTIONS]
+       effe-host --probe [PATH|URL] [--admin-listen <ADDR>]
+       effe-host new <NAME> [--path <DIR>] [--effe-abi <SOURCE>]
+       effe-host check --plugin <PATH>";
+
+/// What `effe-host` does instead of serving.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Make a new effe crate: Cargo.toml, src/lib.rs with a unit test, README, .gitignore, and
+    /// the effe-abi it builds against. Then `cargo test`, `cargo build --release`, serve.
+    #[command(after_help = NEW_AFTER_HELP)]
+    New(NewArgs),
+    /// Load an effe and verify it without calling Init, print its metadata as one JSON object
+    /// (name, version, the effe-abi it was built against, NONBLOCKING, panic strategy), and
+    /// exit 0, or with the load failure's exit code: for a Docker build step or CI.
+    #[command(after_help = CHECK_AFTER_HELP)]
+    Check(CheckArgs),
+}
+
+/// `effe-host new`.
+#[derive(clap::Args, Debug)]
+pub struct NewArgs {
+    /// The crate's name: ASCII letters, digits, `-` and `_`, starting with a letter. The library
+    /// is then `libNAME.so`, with `_` for `-`.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// The directory to make (default: ./NAME); it must not exist, or be empty.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+
+    /// Where the effe-abi dependency comes from (it is not on crates.io): `vendor` (a copy of
+    /// the effe-abi this effe-host was built with, in NAME/effe-abi), `path:DIR` (an effe-abi
+    /// checkout, e.g. effe-host's own effe-abi/), or `git:URL[#REV]` (a repository holding it).
+    #[arg(
+        long = "effe-abi",
+        value_name = "SOURCE",
+        default_value = "vendor",
+        value_parser = crate::scaffold::AbiSource::parse
+    )]
+    pub effe_abi: crate::scaffold::AbiSource,
+}
+
+const NEW_AFTER_HELP: &str = "\
+Exit codes: 0 made, 2 a bad name or --effe-abi, or a directory that is not empty, 1 a file could
+not be written.";
+
+/// `effe-host check`.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// The effe to check: a shared library built with `effe_abi::export_effe!`.
+    #[arg(long, env = "EFFE_PLUGIN", value_name = "PATH")]
+    pub plugin: PathBuf,
+
+    /// Check the plugin even if someone other than root or this user could write or replace
+    /// it (otherwise that is a failure, exit 7, as when serving).
+    #[arg(long, env = "EFFE_ALLOW_INSECURE_PLUGIN", value_parser = parse_bool)]
+    pub allow_insecure_plugin: bool,
+}
+
+const CHECK_AFTER_HELP: &str = "\
+Exit codes: 0 the host would load it; 3 missing or unreadable; 4 not a shared library; 5 no
+effe root module; 6 built against an incompatible effe-abi, or with panic = \"abort\"; 7 writable
+or replaceable by someone else; 2 a usage error. Each failure is one line on stderr.";
 
 /// Shown after the flags in `--help`. The exit codes are the README's table, condensed: keep
 /// the two in step (a test checks that both list the same codes).
@@ -847,6 +929,75 @@ mod tests {
             let line = error_line(flags);
             assert!(!line.contains('\n') && !line.starts_with("error"), "{line}");
         }
+    }
+
+    fn command(argv: &[&str]) -> Option<Command> {
+        let argv = ["effe-host"].iter().chain(argv);
+        Args::try_parse_from(argv).expect("parses").command
+    }
+
+    #[test]
+    fn commands_come_first_and_leave_the_serving_flags_alone() {
+        let Some(Command::New(new)) = command(&["new", "greet"]) else {
+            panic!("not new")
+        };
+        assert_eq!((new.name.as_str(), new.path), ("greet", None));
+        assert_eq!(new.effe_abi, crate::scaffold::AbiSource::Vendor);
+        let Some(Command::New(new)) = command(&[
+            "new",
+            "greet",
+            "--path",
+            "/tmp/g",
+            "--effe-abi",
+            "git:https://example.com/effe#v1",
+        ]) else {
+            panic!("not new")
+        };
+        assert_eq!(new.path, Some(PathBuf::from("/tmp/g")));
+        assert!(matches!(
+            new.effe_abi,
+            crate::scaffold::AbiSource::Git { .. }
+        ));
+        let Some(Command::Check(check)) =
+            command(&["check", "--plugin", "libx.so", "--allow-insecure-plugin"])
+        else {
+            panic!("not check")
+        };
+        assert_eq!(check.plugin, PathBuf::from("libx.so"));
+        assert!(check.allow_insecure_plugin);
+
+        // What always worked still means what it meant.
+        let serve = args(&["--listen", "8081"]).unwrap();
+        assert!(serve.command.is_none() && !serve.info);
+        assert_eq!(serve.plugin, Some(PathBuf::from("libx.so")));
+        assert!(args(&["--info"]).unwrap().command.is_none());
+        assert!(command(&["--probe"]).is_none());
+        // A plugin named like a command is a plugin.
+        assert_eq!(args(&[]).unwrap().plugin, Some(PathBuf::from("libx.so")));
+        let named_new = Args::try_parse_from(["effe-host", "--plugin", "new"]).unwrap();
+        assert!(named_new.command.is_none());
+        assert_eq!(named_new.plugin, Some(PathBuf::from("new")));
+
+        assert_eq!(
+            error_line(&["--plugin", "x", "new", "greet"]),
+            "the subcommand 'new' cannot be used with '--plugin <PATH>'"
+        );
+        assert_eq!(
+            error_line(&["check"]),
+            "the following required arguments were not provided: --plugin <PATH> (or set \
+             EFFE_PLUGIN)"
+        );
+        assert_eq!(
+            error_line(&["new", "greet", "--effe-abi", "crates-io"]),
+            "invalid value 'crates-io' for '--effe-abi <SOURCE>': expected vendor, path:DIR or \
+             git:URL[#REV]"
+        );
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("effe-host new <NAME>") && help.contains("effe-host check"));
+        assert!(
+            help.contains("  new ") && help.contains("  check "),
+            "{help}"
+        );
     }
 
     #[test]

@@ -6,13 +6,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
 use bytes::Bytes;
-use effe_abi::ResponseBuffer;
+use effe_abi::abi::ResponseBuffer;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
 use std::sync::atomic::AtomicU8;
@@ -25,6 +25,7 @@ use crate::metrics::{Conn, Metrics, Proto, Shard, Unavailable};
 use crate::plugin::{Call, Context, Failure, Plugin};
 use crate::pool::{AcquireError, Lease, Manager, Pool};
 use crate::rules;
+use crate::tls::ClientCert;
 
 /// The pool's view of the effe: Start and Stop, counted, with failures logged.
 pub struct Effes {
@@ -81,7 +82,7 @@ pub(crate) struct App {
     pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
-type Body = Full<Bytes>;
+use crate::stream::{Body, BodyFailure, Heads, Pumped, Streamer};
 
 /// Request ids: a per-process random prefix and a counter, unless the client (an Ingress) sent
 /// a usable `x-request-id`.
@@ -127,12 +128,14 @@ enum Id<'p> {
     /// The client's, with its header value (cloned into the response without a copy).
     Sent(&'p str, &'p HeaderValue),
     Made(RequestId),
+    /// Decided before the Run (where a 504 may need it).
+    Given(&'p str),
 }
 
 impl Id<'_> {
     fn as_str(&self) -> &str {
         match self {
-            Id::Sent(id, _) => id,
+            Id::Sent(id, _) | Id::Given(id) => id,
             Id::Made(id) => id.as_str(),
         }
     }
@@ -142,6 +145,7 @@ impl Id<'_> {
         let mut value = match self {
             Id::Sent(_, value) => (*value).clone(),
             Id::Made(id) => id.header_value()?,
+            Id::Given(id) => HeaderValue::from_str(id).ok()?,
         };
         // A value that differs on every response: HPACK would insert each into its dynamic
         // table, evicting the entries that do repeat. "Never indexed" skips the table.
@@ -215,7 +219,7 @@ pub fn usable_request_id(v: &HeaderValue) -> Option<&str> {
 #[inline(never)]
 fn plain(status: StatusCode) -> Response<Body> {
     let text = status.canonical_reason().unwrap_or("Error");
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    let mut resp = Response::new(Body::full(format!("{text}\n")));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -309,6 +313,9 @@ pub(crate) struct ConnService {
     /// The network thread's metrics shard.
     pub(crate) shard: usize,
     pub(crate) conn: Arc<ConnGauge>,
+    /// Under mutual TLS, the certificate its client presented (known once the handshake is
+    /// done); `None` otherwise, which is all a request pays for it.
+    pub(crate) client: Option<Arc<ClientCert>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -320,7 +327,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let now = Instant::now();
         let version = req.version();
         self.conn.on_request(version, now);
-        let reply = self.app.serve(req, &self.peer, self.shard, &self.conn, now);
+        let reply = self.app.serve(
+            req,
+            &self.peer,
+            self.client.as_ref(),
+            self.shard,
+            &self.conn,
+            now,
+        );
         if self.app.draining.load(Ordering::Relaxed) && version != http::Version::HTTP_2 {
             return reply.closing();
         }
@@ -508,6 +522,7 @@ impl App {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         peer: &Arc<str>,
+        client: Option<&Arc<ClientCert>>,
         shard: usize,
         conn: &Arc<ConnGauge>,
         began: Instant,
@@ -519,7 +534,8 @@ impl App {
         if self.call_mode == CallMode::Inline && req.body().is_end_stream() {
             if let Some(mut lease) = self.pool.try_idle() {
                 let (parts, _) = req.into_parts();
-                let resp = self.invoke(&mut lease, &parts, &Bytes::new(), peer);
+                let client = client.map(Arc::as_ref);
+                let resp = self.invoke(&mut lease, &parts, &Bytes::new(), peer, client, None);
                 let shard = self.metrics.shard(shard);
                 let took = began.elapsed();
                 shard.request(Proto::of(parts.version), resp.status(), took);
@@ -541,6 +557,7 @@ impl App {
         Reply::Later(Box::pin(self.clone().handle(
             req,
             peer.clone(),
+            client.cloned(),
             shard,
             began,
             busy,
@@ -551,9 +568,10 @@ impl App {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: Arc<str>,
+        client: Option<Arc<ClientCert>>,
         shard: usize,
         began: Instant,
-        _busy: Busy,
+        busy: Busy,
     ) -> Response<Body> {
         let proto = Proto::of(req.version());
         let sent = req.headers().get(X_REQUEST_ID).cloned();
@@ -568,7 +586,7 @@ impl App {
         let mut resp = {
             let shard = self.metrics.shard(shard);
             let _in_flight = InFlight::new(shard);
-            self.respond(req, peer.clone(), shard).await
+            self.respond(req, peer.clone(), client, shard, busy).await
         };
         if !resp.headers().contains_key(X_REQUEST_ID) {
             // Answered before Run (413, 400, 503): the id is still the client's, or a new one.
@@ -587,18 +605,37 @@ impl App {
         self: &Arc<Self>,
         req: Request<Incoming>,
         peer: Arc<str>,
+        client: Option<Arc<ClientCert>>,
         shard: &Shard,
+        busy: Busy,
     ) -> Response<Body> {
-        let (parts, body) = req.into_parts();
-        let body = if body.is_end_stream() {
-            // GETs and the like: skip the collect machinery.
-            Bytes::new()
-        } else {
-            match self.read_body(body).await {
-                Ok(body) => body,
-                Err(resp) => return resp,
+        let (parts, incoming) = req.into_parts();
+        let mut body = Incoming_::Whole(Bytes::new());
+        if !incoming.is_end_stream() {
+            // An effe that reads bodies as they arrive gets its Run first, on a blocking thread.
+            match self.plugin.streamed_body() {
+                Some(limit) if self.call_mode == CallMode::Thread => {
+                    let limit = limit.unwrap_or(self.max_body_size as u64);
+                    let (pumped, pump) =
+                        crate::stream::pump(incoming, limit, self.body_read_timeout);
+                    let failed = pump.failure();
+                    body = Incoming_::Streamed(pumped, tokio::spawn(pump.run()), failed);
+                }
+                // Read whole (on the network threads, a Run may not wait for its body), under
+                // the effe's own limit if it lifted the host's.
+                Some(limit) => match self
+                    .read_body(incoming, limit_of(limit, self.max_body_size))
+                    .await
+                {
+                    Ok(whole) => body = Incoming_::Whole(whole),
+                    Err(resp) => return resp,
+                },
+                None => match self.read_body(incoming, self.max_body_size).await {
+                    Ok(whole) => body = Incoming_::Whole(whole),
+                    Err(resp) => return resp,
+                },
             }
-        };
+        }
         let waiting = Instant::now();
         let acquired = self.pool.acquire().await;
         shard.waited(waiting.elapsed());
@@ -606,39 +643,69 @@ impl App {
             Ok(lease) => lease,
             Err(e) => return unavailable(&e, &self.metrics),
         };
-        match (self.call_mode, self.timeout) {
-            (CallMode::Inline, _) => self.invoke(&mut lease, &parts, &body, &peer),
-            (CallMode::Thread, None) => {
-                let app = self.clone();
-                tokio::task::spawn_blocking(move || app.invoke(&mut lease, &parts, &body, &peer))
-                    .await
-                    .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR))
+        match (self.call_mode, body) {
+            (CallMode::Inline, Incoming_::Whole(body)) => {
+                self.invoke(&mut lease, &parts, &body, &peer, client.as_deref(), None)
             }
-            (CallMode::Thread, Some(timeout)) => {
-                self.invoke_by(lease, parts, body, peer, timeout).await
-            }
+            (_, body) => self.on_thread(lease, parts, body, peer, client, busy).await,
         }
     }
 
-    /// Run on a blocking thread, waited for until `timeout`: then the client gets 504 and the
-    /// Context is quarantined (a thread cannot be stopped): kept out of use, its slot still
-    /// taken, and stopped when its Run returns.
-    async fn invoke_by(
+    /// Run on a blocking thread, where it may stream, waited for until its head is sent (it
+    /// flushed) or it returns; with `--timeout`, until then at most: then the client gets 504
+    /// and the Context is quarantined (a thread cannot be stopped): kept out of use, its slot
+    /// still taken, and stopped when its Run returns. A stream past the deadline is cut.
+    async fn on_thread(
         self: &Arc<Self>,
         mut lease: Lease<Effes>,
         parts: http::request::Parts,
-        body: Bytes,
+        body: Incoming_,
         peer: Arc<str>,
-        timeout: Duration,
+        client: Option<Arc<ClientCert>>,
+        busy: Busy,
     ) -> Response<Body> {
         const RUNNING: u8 = 0;
         const DONE: u8 = 1;
         const ABANDONED: u8 = 2;
-        let id = self.request_id(&parts).as_str().to_owned();
+        let deadline = self.timeout.map(|timeout| Instant::now() + timeout);
+        // Made here, where a 504 may need it, and given to the Run.
+        let id = deadline.map(|_| self.request_id(&parts).as_str().to_owned());
+        let on_deadline = deadline.zip(id.clone()).map(|(at, id)| {
+            let app = self.clone();
+            let report: crate::stream::OnDeadline = Box::new(move || app.stream_timed_out(&id));
+            (at, report)
+        });
+        let (streamer, heads) = Streamer::new(on_deadline, Box::new(busy));
+        let Heads {
+            rx: mut head,
+            passed,
+        } = heads;
+        let (whole, streamed, pump) = match body {
+            Incoming_::Whole(whole) => (whole, None, None),
+            Incoming_::Streamed(pumped, pump, failed) => {
+                (Bytes::new(), Some(pumped), Some((pump, failed)))
+            }
+        };
         let outcome = Arc::new(AtomicU8::new(RUNNING));
-        let (app, ran) = (self.clone(), outcome.clone());
+        let (app, ran, given) = (self.clone(), outcome.clone(), id.clone());
         let mut run = tokio::task::spawn_blocking(move || {
-            let resp = app.invoke(&mut lease, &parts, &body, &peer);
+            let extras = Extras {
+                stream: streamer,
+                body: streamed,
+                id: given,
+            };
+            let resp = app.invoke(
+                &mut lease,
+                &parts,
+                &whole,
+                &peer,
+                client.as_deref(),
+                Some(extras),
+            );
+            if passed.load(Ordering::Acquire) {
+                // Cut at its deadline while it streamed: as a Run that timed out, not reused.
+                lease.retire();
+            }
             let finished = ran.compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire);
             if finished.is_err() {
                 // Given up on: this Context's state is unknown, it is never reused.
@@ -647,19 +714,69 @@ impl App {
             resp
         });
         let failed = |_| plain(StatusCode::INTERNAL_SERVER_ERROR);
-        if let Ok(joined) = tokio::time::timeout(timeout, &mut run).await {
-            return joined.unwrap_or_else(failed);
+        let expiry = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        let mut head_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                sent = &mut head, if head_open => match sent {
+                    // It flushed: the response streams from here; the Run goes on.
+                    Ok(resp) => return resp,
+                    // It returned without flushing: its answer is on the way.
+                    Err(_) => head_open = false,
+                },
+                joined = &mut run => {
+                    if let Ok(resp) = head.try_recv() {
+                        return resp;
+                    }
+                    let resp = joined.unwrap_or_else(failed);
+                    return match pump {
+                        Some((pump, failed)) => after_streamed_body(resp, &pump, &failed),
+                        None => resp,
+                    };
+                }
+                () = &mut expiry => break,
+            }
         }
+        let id = id.unwrap_or_default();
         // Counted before the Run can see it abandoned (and uncount it when it ends).
         self.pool.quarantine_begun();
         match outcome.compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => self.timed_out(&id, timeout),
+            Ok(_) => self.timed_out(&id, self.timeout.unwrap_or_default()),
             Err(_) => {
                 // It returned just now: its answer is on the way.
                 self.pool.quarantine_cancelled();
-                run.await.unwrap_or_else(failed)
+                match run.await {
+                    Ok(resp) => head.try_recv().unwrap_or(resp),
+                    Err(e) => failed(e),
+                }
             }
         }
+    }
+
+    /// A stream cut at the Run's deadline: logged and counted as a Run that timed out.
+    #[cold]
+    #[inline(never)]
+    fn stream_timed_out(&self, request_id: &str) {
+        self.metrics.run_timed_out();
+        let timeout = self.timeout.unwrap_or_default();
+        self.run_log.run_failed(
+            request_id,
+            &Failure {
+                panicked: false,
+                message: format!(
+                    "timed out after {} while streaming: the stream was cut; its Context is \
+                     retired when the Run returns",
+                    humantime::format_duration(timeout)
+                ),
+            },
+        );
     }
 
     #[cold]
@@ -682,13 +799,13 @@ impl App {
     /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails),
     /// with no more than `--body-read-timeout` between two of its reads (408 and the connection
     /// closed beyond: the client is too slow, or gone).
-    async fn read_body(&self, body: Incoming) -> Result<Bytes, Response<Body>> {
+    async fn read_body(&self, body: Incoming, max: usize) -> Result<Bytes, Response<Body>> {
         // A declared length over the limit is refused before the first read, which is what
         // would answer `Expect: 100-continue`: the client is not invited to send it.
-        if body.size_hint().lower() > self.max_body_size as u64 {
+        if body.size_hint().lower() > max as u64 {
             return Err(too_large());
         }
-        let mut body = Limited::new(body, self.max_body_size);
+        let mut body = Limited::new(body, max);
         // One frame is the usual case: kept as it came, without a copy.
         let mut first: Option<Bytes> = None;
         let mut more = bytes::BytesMut::new();
@@ -726,8 +843,17 @@ impl App {
         parts: &http::request::Parts,
         body: &Bytes,
         peer: &str,
+        client: Option<&ClientCert>,
+        extras: Option<Extras>,
     ) -> Response<Body> {
-        let id = self.request_id(parts);
+        let (streams, given) = match extras {
+            Some(Extras { stream, body, id }) => (Some((stream, body)), id),
+            None => (None, None),
+        };
+        let id = match given.as_deref() {
+            Some(given) => Id::Given(given),
+            None => self.request_id(parts),
+        };
         let request_id = id.as_str();
         let deadline_ms = self.timeout.map(deadline_ms);
         let call = Call {
@@ -736,9 +862,24 @@ impl App {
             peer_addr: peer,
             request_id,
             deadline_ms,
+            client,
         };
         let mut out = ResponseBuffer::new();
-        match self.plugin.run(lease.context(), &call, &mut out) {
+        if let Some((stream, body)) = streams {
+            out.stream_to(Box::new(stream.with_request_id(id.header_value())));
+            if let Some(body) = body {
+                out.body_from(Box::new(body));
+            }
+        }
+        let ran = self.plugin.run(lease.context(), &call, &mut out);
+        if out.retire_requested() {
+            // The effe found its Context broken (a lost connection): a fresh one next time.
+            lease.retire();
+        }
+        if out.is_streaming() {
+            return self.stream_ended(lease, request_id, ran, out);
+        }
+        match ran {
             Ok(()) if !out.is_broken() => {
                 let mut resp = into_response(out);
                 if let Some(v) = id.header_value() {
@@ -757,6 +898,35 @@ impl App {
             }
             Err(failure) => self.run_failed(lease, request_id, failure, out),
         }
+    }
+
+    /// After a Run whose response streamed: its end sent, or the stream cut if it failed (the
+    /// failure logged like any other). What is returned is never sent: the head went first.
+    #[cold]
+    #[inline(never)]
+    fn stream_ended(
+        &self,
+        lease: &mut Lease<Effes>,
+        request_id: &str,
+        ran: Result<(), Failure>,
+        out: ResponseBuffer,
+    ) -> Response<Body> {
+        let failure = match ran {
+            Ok(()) => out.failure().map(|why| Failure {
+                panicked: false,
+                message: why.to_owned(),
+            }),
+            Err(failure) => Some(failure),
+        };
+        out.finish_stream(failure.is_none());
+        if let Some(failure) = failure {
+            self.run_log.run_failed(request_id, &failure);
+            self.metrics.run_failed(failure.panicked);
+            if failure.panicked {
+                lease.retire();
+            }
+        }
+        plain(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     #[cold]
@@ -804,6 +974,49 @@ impl App {
     }
 }
 
+/// A request body on its way to the Run: read whole, or streamed as the Run reads it (with
+/// the task that pumps it, and how the body failed if it did).
+enum Incoming_ {
+    Whole(Bytes),
+    Streamed(
+        Pumped,
+        tokio::task::JoinHandle<()>,
+        Arc<OnceLock<BodyFailure>>,
+    ),
+}
+
+/// The body limit for an effe that streams its bodies (`Some` its own), as a size in memory.
+fn limit_of(own: Option<u64>, host: usize) -> usize {
+    own.map_or(host, |own| usize::try_from(own).unwrap_or(usize::MAX))
+}
+
+/// The answer to a request whose body streamed: if the body failed (too large, too slow,
+/// broken), that failure, whatever the Run answered (it saw its reads fail), and the
+/// connection closes. A body the Run did not read to its end is read no further.
+fn after_streamed_body(
+    resp: Response<Body>,
+    pump: &tokio::task::JoinHandle<()>,
+    failed: &OnceLock<BodyFailure>,
+) -> Response<Body> {
+    pump.abort();
+    match failed.get() {
+        Some(failure) => {
+            let mut failed = plain(failure.status());
+            close_after(&mut failed);
+            failed
+        }
+        None => resp,
+    }
+}
+
+/// What a Run on a blocking thread gets beyond the request: where its response may stream,
+/// its streamed body, and its request id when decided before.
+struct Extras {
+    stream: Streamer,
+    body: Option<Pumped>,
+    id: Option<String>,
+}
+
 /// One access-log line for an answered request (out of line: the log is off by default).
 #[cold]
 #[inline(never)]
@@ -841,7 +1054,7 @@ fn into_response(out: ResponseBuffer) -> Response<Body> {
     } else {
         body
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Body::full(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod drain;
 pub mod error;
@@ -18,7 +19,9 @@ pub mod plugin;
 pub mod pool;
 pub mod probe;
 pub mod rules;
+pub mod scaffold;
 pub mod server;
+pub mod stream;
 pub mod tls;
 pub mod trust;
 pub mod write_timeout;
@@ -52,7 +55,12 @@ pub fn main() -> ExitCode {
         return probe::run(target, &args.admin_listen);
     }
     log::init_tracing(args.log_format);
-    match run(args) {
+    let done = match &args.command {
+        Some(cli::Command::New(new)) => scaffold::new(new),
+        Some(cli::Command::Check(check)) => check::run(check),
+        None => run(args),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => refuse(fatal),
     }

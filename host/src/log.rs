@@ -11,7 +11,11 @@
 use std::io::{self, BufWriter, IsTerminal};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use abi_stable::std_types::RStr;
+use effe_abi::abi::HostLogV1;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -68,6 +72,60 @@ pub enum LogFormat {
     Json,
 }
 
+/// The most verbose level kept for the `effe_log` target (what effes log through `log`), in the numbering of
+/// [`HostLogV1::max_level`]: set by [`init_tracing`].
+static EFFE_MAX_LEVEL: AtomicU8 = AtomicU8::new(3);
+/// The loaded effe's name, for its records.
+static EFFE_NAME: OnceLock<&'static str> = OnceLock::new();
+/// Where the effe's errors go once serving: syslog, as run failures do.
+static EFFE_ERRORS: OnceLock<Arc<RunLog>> = OnceLock::new();
+
+/// The host's log as lent to the effe named `name` (through `log@1`): its records become
+/// `tracing` events of target `effe_log` (`EFFE_LOG=info,effe_log=debug`), and its errors also go to syslog once
+/// [`route_effe_errors`] has been called. Made once per process.
+pub fn effe_log(name: &'static str) -> &'static HostLogV1 {
+    let _ = EFFE_NAME.set(name);
+    Box::leak(Box::new(HostLogV1 {
+        max_level: EFFE_MAX_LEVEL.load(Ordering::Relaxed),
+        log: effe_record,
+    }))
+}
+
+/// From now on, the effe's error records also go to `run_log` (syslog).
+pub fn route_effe_errors(run_log: Arc<RunLog>) {
+    let _ = EFFE_ERRORS.set(run_log);
+}
+
+/// One record from the effe. Called through a function pointer from the effe's code, so
+/// nothing may unwind out of it.
+extern "C" fn effe_record(level: u8, request_id: RStr<'_>, target: RStr<'_>, message: RStr<'_>) {
+    let _ = std::panic::catch_unwind(|| {
+        let (id, module, message) = (request_id.as_str(), target.as_str(), message.as_str());
+        let id = if id.is_empty() { "-" } else { id };
+        let effe = EFFE_NAME.get().copied().unwrap_or("-");
+        if level <= 1 {
+            if let Some(run_log) = EFFE_ERRORS.get() {
+                return run_log.effe_error(id, module, message);
+            }
+        }
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "effe_log", $level, effe = %effe, request_id = %id, module = %module,
+                    "{message}"
+                )
+            };
+        }
+        match level {
+            0 | 1 => event!(tracing::Level::ERROR),
+            2 => event!(tracing::Level::WARN),
+            3 => event!(tracing::Level::INFO),
+            4 => event!(tracing::Level::DEBUG),
+            _ => event!(tracing::Level::TRACE),
+        }
+    });
+}
+
 /// Sets up `tracing` to stderr; `EFFE_LOG` (or `RUST_LOG`) filters, default `info`.
 ///
 /// Levels by target (`debug`, `info,effe_host::server=debug`), not `EnvFilter`'s span and field
@@ -78,6 +136,17 @@ pub fn init_tracing(format: LogFormat) {
         .iter()
         .find_map(|var| std::env::var(var).ok()?.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let effe_level = [
+        (5, tracing::Level::TRACE),
+        (4, tracing::Level::DEBUG),
+        (3, tracing::Level::INFO),
+        (2, tracing::Level::WARN),
+        (1, tracing::Level::ERROR),
+    ]
+    .into_iter()
+    .find(|(_, level)| filter.would_enable("effe_log", level))
+    .map_or(0, |(n, _)| n);
+    EFFE_MAX_LEVEL.store(effe_level, Ordering::Relaxed);
     // The builder's own level (INFO unless told) would come before the filter's.
     let builder = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -195,7 +264,21 @@ impl RunLog {
     /// Logs what `run` reported for request `request_id`. Never blocks on syslog: the line is
     /// queued, or dropped (and counted) when the queue is full.
     pub fn run_failed(&self, request_id: &str, failure: &crate::plugin::Failure) {
-        let line = self.line(request_id, failure);
+        self.send(self.line(request_id, failure));
+    }
+
+    /// Logs an error the effe reported through `log` (from `module`; `request_id` empty
+    /// outside `run`), as [`run_failed`](Self::run_failed) does.
+    pub fn effe_error(&self, request_id: &str, module: &str, message: &str) {
+        let id = if request_id.is_empty() {
+            "-"
+        } else {
+            request_id
+        };
+        self.send(self.format(id, &format!("error in {module}"), message));
+    }
+
+    fn send(&self, line: String) {
         let unqueued = match &self.queue {
             Some(queue) => queue.push(line),
             None => Some(line),
@@ -207,14 +290,17 @@ impl RunLog {
 
     fn line(&self, request_id: &str, failure: &crate::plugin::Failure) -> String {
         let what = if failure.panicked {
-            "panicked"
+            "run panicked"
         } else {
-            "failed"
+            "run failed"
         };
-        let message = &failure.message;
+        self.format(request_id, what, &failure.message)
+    }
+
+    fn format(&self, request_id: &str, what: &str, message: &str) -> String {
         if message.len() <= MAX_MESSAGE {
             return format!(
-                "effe={} request_id={request_id} run {what}: {message}",
+                "effe={} request_id={request_id} {what}: {message}",
                 self.effe
             );
         }
@@ -223,7 +309,7 @@ impl RunLog {
             cut -= 1;
         }
         format!(
-            "effe={} request_id={request_id} run {what}: {} [cut at {MAX_MESSAGE} bytes]",
+            "effe={} request_id={request_id} {what}: {} [cut at {MAX_MESSAGE} bytes]",
             self.effe,
             &message[..cut]
         )

@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, RootModule};
 use bytes::Bytes;
-use effe_abi::interfaces::{EffeInterfaces, RunV2, RUN_V2};
-use effe_abi::{EffeError, EffeModuleRef, ErrorKind, Header, HttpVersion, RawContext, Request};
-use effe_abi::{RequestParts, ResponseBuffer, DEADLINE_HEADER};
+use effe_abi::abi::{EffeError, EffeInterfaces, EffeModuleRef, ErrorKind, RawContext};
+use effe_abi::abi::{LayoutMismatch, LogV1, MetaV1, PanicStrategy, RunV2, LOG_V1, META_V1, RUN_V2};
+use effe_abi::abi::{RequestParts, ResponseBuffer};
+use effe_abi::{Header, HttpVersion, Request, DEADLINE_HEADER};
+use effe_abi::{CLIENT_CERT_HEADER, CLIENT_SUBJECT_HEADER};
 
 use crate::error::{Fatal, LoadFailure};
+use crate::tls::ClientCert;
 use crate::trust;
 
 /// A loaded effe. Copyable: the library is never unloaded.
@@ -20,6 +23,14 @@ pub struct Plugin {
     module: EffeModuleRef,
     /// `run@2`, when the effe offers it (built against effe-abi 0.1.1 or later).
     run_v2: Option<&'static RunV2>,
+    /// From `meta@1` (effe-abi 0.1.2 and later); `None` for an older effe.
+    panic: Option<PanicStrategy>,
+    /// The effe reads request bodies as they arrive (`meta@1`).
+    stream_request_body: bool,
+    /// Its own limit on a streamed body, over the host's `--max-body-size`.
+    max_streamed_body_size: Option<u64>,
+    /// The interfaces beyond the baseline that the effe offers and this host uses.
+    interfaces: &'static [&'static str],
 }
 
 /// An effe's metadata.
@@ -30,6 +41,13 @@ pub struct Info {
     pub description: &'static str,
     pub abi_version: &'static str,
     pub nonblocking: bool,
+    /// How the effe was built to handle panics (`unwind`; `abort` is refused at load), `None`
+    /// for an effe built before effe-abi said (0.1.2).
+    pub panic: Option<&'static str>,
+    /// Whether the effe reads request bodies as they arrive (`STREAM_REQUEST_BODY`).
+    pub stream_request_body: bool,
+    /// Its own limit on those bodies (`MAX_STREAMED_BODY_SIZE`), if it sets one.
+    pub max_streamed_body_size: Option<u64>,
     /// The interfaces beyond the baseline that the effe offers and this host uses.
     pub interfaces: &'static [&'static str],
 }
@@ -43,6 +61,9 @@ impl Info {
             "description": self.description,
             "abi_version": self.abi_version,
             "nonblocking": self.nonblocking,
+            "panic": self.panic.unwrap_or("unknown"),
+            "stream_request_body": self.stream_request_body,
+            "max_streamed_body_size": self.max_streamed_body_size,
             "interfaces": self.interfaces,
         })
         .to_string()
@@ -90,6 +111,9 @@ pub struct Call<'a> {
     /// The Run's deadline in milliseconds since the Unix epoch, told to the effe in the
     /// `effe-deadline-ms` header.
     pub deadline_ms: Option<u64>,
+    /// Under mutual TLS, the client's certificate, told to the effe in the
+    /// `effe-client-subject` and `effe-client-cert` headers.
+    pub client: Option<&'a ClientCert>,
 }
 
 fn refuse(path: &Path, kind: LoadFailure, reason: impl Into<String>) -> Fatal {
@@ -226,17 +250,56 @@ impl Plugin {
         // What the effe offers beyond the baseline (nothing, if built against effe-abi 0.1.0).
         let interfaces = EffeInterfaces::of_library(&load_path)
             .map_err(|why| refuse(path, LoadFailure::Incompatible, why))?;
-        let run_v2 = interfaces.get::<RunV2>().map_err(|mismatch| {
+        let mismatched = |mismatch: LayoutMismatch| {
             refuse(
                 path,
                 LoadFailure::Incompatible,
                 format!(
                     "incompatible effe ABI: {mismatch} (rebuild the effe against effe-abi {})",
-                    effe_abi::ABI_VERSION
+                    effe_abi::abi::ABI_VERSION
                 ),
             )
-        })?;
-        Ok(Plugin { module, run_v2 })
+        };
+        let run_v2 = interfaces.get::<RunV2>().map_err(mismatched)?;
+        let meta = interfaces.get::<MetaV1>().map_err(mismatched)?;
+        let log = interfaces.get::<LogV1>().map_err(mismatched)?;
+        let panic = meta.map(|meta| meta.panic);
+        let stream_request_body = meta.is_some_and(|meta| meta.stream_request_body);
+        let max_streamed_body_size = meta
+            .map(|meta| meta.max_streamed_body_size)
+            .filter(|&max| max > 0);
+        if panic == Some(PanicStrategy::Abort) {
+            return Err(refuse(
+                path,
+                LoadFailure::Incompatible,
+                "the effe was built with panic = \"abort\": its first panic would end the \
+                 host; rebuild it with panic = \"unwind\" (the default)",
+            ));
+        }
+        let mut used = Vec::new();
+        for (name, present) in [
+            (RUN_V2, run_v2.is_some()),
+            (META_V1, meta.is_some()),
+            (LOG_V1, log.is_some()),
+        ] {
+            if present {
+                used.push(name);
+            }
+        }
+        let plugin = Plugin {
+            module,
+            run_v2,
+            panic,
+            stream_request_body,
+            max_streamed_body_size,
+            // Once per process: the list lives as long as the library.
+            interfaces: Box::leak(used.into_boxed_slice()),
+        };
+        if let Some(log) = log {
+            // Before anything of the effe's runs: its `init` may log.
+            (log.attach)(crate::log::effe_log(plugin.info().name));
+        }
+        Ok(plugin)
     }
 
     /// The effe's metadata.
@@ -248,12 +311,18 @@ impl Plugin {
             description: info.description(),
             abi_version: info.abi_version(),
             nonblocking: info.nonblocking(),
-            interfaces: if self.run_v2.is_some() {
-                &[RUN_V2]
-            } else {
-                &[]
-            },
+            panic: self.panic.map(PanicStrategy::as_str),
+            stream_request_body: self.stream_request_body,
+            max_streamed_body_size: self.max_streamed_body_size,
+            interfaces: self.interfaces,
         }
+    }
+
+    /// Whether the effe reads request bodies as they arrive, and its own limit on them (`None`:
+    /// the host's `--max-body-size`).
+    pub fn streamed_body(&self) -> Option<Option<u64>> {
+        self.stream_request_body
+            .then_some(self.max_streamed_body_size)
     }
 
     /// Calls `init`. The caller guarantees it is called once, before any `start`.
@@ -291,13 +360,20 @@ impl Plugin {
         let deadline = call
             .deadline_ms
             .map(|ms| Header::new(DEADLINE_HEADER, decimal(ms, &mut digits)));
-        let added = [authority_as_host(call.parts), deadline];
+        // Under mutual TLS: borrowed from the connection, which worked them out once.
+        let subject = call.client.and_then(ClientCert::subject);
+        let cert = call.client.map(ClientCert::der_base64);
+        let added = [
+            authority_as_host(call.parts),
+            deadline,
+            subject.map(|s| Header::new(CLIENT_SUBJECT_HEADER, s.as_bytes())),
+            cert.map(|c| Header::new(CLIENT_CERT_HEADER, c.as_bytes())),
+        ];
         let count = call.parts.headers.len() + added.iter().flatten().count();
         let headers: &[Header<'_>] = if count <= ON_STACK {
             let mut n = 0;
             for (name, value) in &call.parts.headers {
-                // The deadline is the host's to say, never the client's.
-                if name.as_str() != DEADLINE_HEADER {
+                if !host_only(name.as_str()) {
                     on_stack[n] = Header::new(name.as_str(), value.as_bytes());
                     n += 1;
                 }
@@ -364,13 +440,23 @@ fn format_decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// Whether `name` is a header only the host may say (the deadline, the client's certificate):
+/// a client's own is never shown to the effe, on any connection. Checked for every header of
+/// every request: a length test (the names are 16 and 19 bytes long) settles almost any other.
+fn host_only(name: &str) -> bool {
+    matches!(
+        name,
+        DEADLINE_HEADER | CLIENT_SUBJECT_HEADER | CLIENT_CERT_HEADER
+    )
+}
+
 /// More headers than fit on the stack: rare, and kept out of the hot path.
 #[cold]
 #[inline(never)]
-fn spill<'a>(headers: &'a http::HeaderMap, added: [Option<Header<'a>>; 2]) -> Vec<Header<'a>> {
+fn spill<'a>(headers: &'a http::HeaderMap, added: [Option<Header<'a>>; 4]) -> Vec<Header<'a>> {
     headers
         .iter()
-        .filter(|(name, _)| name.as_str() != DEADLINE_HEADER)
+        .filter(|(name, _)| !host_only(name.as_str()))
         .map(|(name, value)| Header::new(name.as_str(), value.as_bytes()))
         .chain(added.into_iter().flatten())
         .collect()

@@ -24,7 +24,7 @@ use crate::log::RunLog;
 use crate::metrics::{Build, Metrics};
 use crate::plugin::Plugin;
 use crate::pool::Pool;
-use crate::tls::Tls;
+use crate::tls::{ClientCert, Tls};
 use crate::write_timeout::WriteTimeout;
 
 /// A single-threaded runtime: one per network thread (the main one also runs the pool's tasks
@@ -202,6 +202,7 @@ async fn serve(
         Some(addr) => Some(start_admin(addr, &health, &metrics, &pool).await?),
     };
     let run_log = Arc::new(RunLog::connect(config.syslog.clone(), info.name));
+    crate::log::route_effe_errors(run_log.clone());
     let access = match config.access_log {
         None => None,
         Some(format) => Some(Arc::new(AccessLog::start(format).map_err(|e| {
@@ -635,11 +636,12 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let peer: Arc<str> = peer.to_string().into();
         tracing::debug!(peer = %peer, "accepted");
-        let service = ConnService {
+        let mut service = ConnService {
             app: app.clone(),
             peer,
             shard: thread,
             conn: ConnGauge::new(app.metrics.clone(), tls.is_some()),
+            client: None,
         };
         let metrics = app.metrics.clone();
         let admitted = drain.admit();
@@ -683,6 +685,8 @@ async fn accept_loop(
                             }
                         };
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    // Once per connection: its requests borrow it.
+                    service.client = ClientCert::of(stream.get_ref().1);
                     let io = TokioIo::new(stream);
                     if admitted.stopping() {
                         // Accepted before the signal, handshake done during the drain. Boxed:

@@ -1,5 +1,6 @@
 //! HTTPS: a rustls server configuration built from PEM files, the certificate swapped in place
-//! on SIGHUP, and optional client-certificate verification (mutual TLS).
+//! on SIGHUP, and optional client-certificate verification (mutual TLS), whose client the effe
+//! is told of.
 //!
 //! Policy: TLS 1.2 and 1.3 only, forward-secret AEAD suites only (rustls offers nothing else,
 //! and the list is spelled out below), the server's suite order wins, ALPN `h2` then
@@ -20,6 +21,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Fatal, TlsFailure};
+
+mod client;
+pub use client::ClientCert;
 
 /// The PEM files and limits of the HTTPS listener.
 #[derive(Debug, Clone)]

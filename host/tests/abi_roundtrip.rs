@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use effe_abi::{ResponseBuffer, DEADLINE_HEADER};
+use effe_abi::abi::ResponseBuffer;
+use effe_abi::DEADLINE_HEADER;
 use effe_host::plugin::{Call, Plugin};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
@@ -156,6 +157,7 @@ proptest! {
             peer_addr: &peer_addr,
             request_id: &request_id,
             deadline_ms,
+            client: None,
         };
         let plugin = echo();
         let mut ctx = plugin.start().expect("start");

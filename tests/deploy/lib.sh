@@ -31,9 +31,13 @@ wait_until() {
 
 # The release binaries the image is made of; cargo does nothing when they are up to date.
 build_release() {
-  local pkgs=(-p effe-host) p
+  local pkgs=() p
   for p in "$@"; do pkgs+=(-p "$p"); done
-  "${CARGO:-cargo}" build --release --quiet "${pkgs[@]}" || fail "cargo build --release ${pkgs[*]} failed"
+  # The host as deploy/image.sh builds it (without the vendored effe-abi of `effe-host new`).
+  "${CARGO:-cargo}" build --release --quiet -p effe-host --no-default-features ||
+    fail "cargo build --release -p effe-host --no-default-features failed"
+  [ ${#pkgs[@]} -eq 0 ] || "${CARGO:-cargo}" build --release --quiet "${pkgs[@]}" ||
+    fail "cargo build --release ${pkgs[*]} failed"
 }
 
 # Where PEM files for a throwaway CA and a leaf for localhost/127.0.0.1 (EC P-256) are made, in

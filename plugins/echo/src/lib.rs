@@ -71,3 +71,39 @@ fn http_version(req: &Request<'_>) -> effe_abi::http::Version {
 }
 
 effe_abi::export_effe!(Echo);
+
+#[cfg(test)]
+mod tests {
+    use effe_abi::http;
+    use effe_abi::testing::TestHost;
+
+    #[test]
+    fn answers_the_request_it_received() -> Result<(), effe_abi::Error> {
+        let mut host = TestHost::<super::Echo>::new()?;
+        let req = http::Request::post("/p?q=1")
+            .header("x-a", "1")
+            .header("x-a", &b"\xff"[..])
+            .header("x-request-id", "echo-1")
+            .body(&b"\x00body"[..])?;
+        let resp = host.call(req);
+        assert_eq!(resp.status(), 200);
+        let echoed: serde_json::Value = serde_json::from_slice(resp.body())?;
+        assert_eq!(echoed["method"], "POST");
+        assert_eq!(
+            (echoed["path"].as_str(), echoed["query"].as_str()),
+            (Some("/p"), Some("q=1"))
+        );
+        assert_eq!(echoed["body_hex"], "00626f6479");
+        assert_eq!(echoed["request_id"], "echo-1");
+        let a: Vec<_> = echoed["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["name"] == "x-a")
+            .map(|h| h["value_hex"].as_str().unwrap())
+            .collect();
+        assert_eq!(a, ["31", "ff"]);
+        assert_eq!(host.finish()?.stops, 1);
+        Ok(())
+    }
+}

@@ -133,3 +133,70 @@ impl Effe for Fetch {
 }
 
 effe_abi::export_effe!(Fetch);
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use effe_abi::http;
+    use effe_abi::testing::TestHost;
+
+    use super::*;
+
+    /// An upstream on 127.0.0.1 that answers one request with `reply`, then closes.
+    fn upstream(reply: &'static str) -> Uri {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        });
+        url.parse().unwrap()
+    }
+
+    fn fetch(url: Uri) -> Fetch {
+        Fetch {
+            url,
+            timeout: Duration::from_secs(5),
+            tls: Arc::new(
+                ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            ),
+        }
+    }
+
+    #[test]
+    fn answers_what_the_upstream_answered() -> Result<(), effe_abi::Error> {
+        let url = upstream(
+            "HTTP/1.1 201 Created\r\ncontent-type: text/x-up\r\ncontent-length: 2\r\n\
+             connection: close\r\n\r\nup",
+        );
+        let mut host = TestHost::with(fetch(url));
+        let resp = host.call(http::Request::get("/").body("")?);
+        assert_eq!(resp.status(), 201);
+        assert_eq!(resp.headers()["content-type"], "text/x-up");
+        assert_eq!(resp.body(), b"up");
+        assert_eq!(host.finish()?.stops, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn an_unreachable_upstream_is_502() -> Result<(), effe_abi::Error> {
+        // A port that was free a moment ago: refused.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut host = TestHost::with(fetch(format!("http://127.0.0.1:{port}/").parse()?));
+        let resp = host.call(http::Request::get("/").body("")?);
+        assert_eq!(resp.status(), 502);
+        assert!(String::from_utf8_lossy(resp.body()).starts_with("upstream http://127.0.0.1"));
+        Ok(())
+    }
+}

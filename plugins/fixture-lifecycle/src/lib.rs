@@ -16,8 +16,10 @@
 //!   bytes of `x` (a response larger than the socket buffers), `/thread` answers the name
 //!   of the thread Run is called on, `/set-header` appends `x-a: 1` then tries to replace it
 //!   with `2` (`replaced`, or `kept: why`), `/deadline` answers the milliseconds left before
-//!   the host's deadline (or `none`); every other path answers `ctx N` with the serving
-//!   Context's number.
+//!   the host's deadline (or `none`), `/status?N` writes `partial` then fails with status N
+//!   (`fixture status N`), `/retire` fails and asks for its Context to be retired, `/log` logs
+//!   one record at each level (`fixture log LEVEL in ctx N`); every other path answers `ctx N`
+//!   with the serving Context's number. `init` logs `fixture init` at info.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -72,6 +74,7 @@ impl Effe for Fixture {
             hold(&port, "init")?;
         }
         fail(std::env::var("FIXTURE_INIT").ok().as_deref(), "init")?;
+        effe_abi::log::info!("fixture init");
         Ok(Fixture {
             log,
             fail_start: std::env::var("FIXTURE_START").ok(),
@@ -140,6 +143,20 @@ impl Effe for Fixture {
                 let left = req.time_left().map(|t| t.as_millis().to_string());
                 resp.body(left.as_deref().unwrap_or("none"));
                 return Ok(());
+            }
+            "/status" => {
+                let status: u16 = req.query().unwrap_or("500").parse()?;
+                resp.status(201)?.body("partial");
+                return Err(Error::with_status(
+                    status,
+                    format!("fixture status {status}"),
+                ));
+            }
+            "/retire" => return Err(Error::msg("fixture broken connection").retire()),
+            "/log" => {
+                for level in effe_abi::log::Level::iter() {
+                    effe_abi::log::log!(level, "fixture log {level} in ctx {}", ctx.n);
+                }
             }
             "/thread" => {
                 // The OS's name: this library's own copy of std does not know the host's names.

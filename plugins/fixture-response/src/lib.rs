@@ -1,4 +1,5 @@
-//! Test fixture (not published): an effe that writes what the host's response sink must refuse.
+//! Test fixture (not published): an effe that writes what the host's response sink must refuse,
+//! and tells what it learns of a mutual-TLS client.
 //!
 //! `run` by path:
 //! - `/many-headers?N`: appends N distinct headers `x-h-<i>`, carrying on past errors (as an
@@ -8,9 +9,14 @@
 //! - `/bad-header`: `resp.header("bad name", "x")?`.
 //! - `/status?N`: status N with the body `status N\n`, which the host must leave out where HTTP
 //!   has no content (HEAD, 204, 205, 304).
+//! - `/client`: what the effe learns of a mutual-TLS client, one line each: `subject S`,
+//!   `cert HEX` (the whole DER), and `copies N`, the number of `effe-client-*` headers it was
+//!   shown (`-` for what it was not told).
 //! - anything else: answers `ok`.
 
-use effe_abi::{Effe, Error, Request, ResponseWriter};
+use std::fmt::Write as _;
+
+use effe_abi::{Effe, Error, Request, ResponseWriter, CLIENT_CERT_HEADER, CLIENT_SUBJECT_HEADER};
 
 struct Fixture;
 
@@ -58,6 +64,26 @@ impl Effe for Fixture {
             "/status" => {
                 let n: u16 = req.query().unwrap_or("200").parse()?;
                 resp.status(n)?.body(format!("status {n}\n"));
+            }
+            "/client" => {
+                let mut text = format!("subject {}\n", req.client_subject().unwrap_or("-"));
+                match req.client_certificate() {
+                    None => text.push_str("cert -\n"),
+                    Some(der) => {
+                        text.push_str("cert ");
+                        for b in der {
+                            let _ = write!(text, "{b:02x}");
+                        }
+                        text.push('\n');
+                    }
+                }
+                let copies = req
+                    .headers()
+                    .iter()
+                    .filter(|h| [CLIENT_SUBJECT_HEADER, CLIENT_CERT_HEADER].contains(&h.name()))
+                    .count();
+                let _ = writeln!(text, "copies {copies}");
+                resp.body(text);
             }
             _ => {
                 resp.body("ok\n");

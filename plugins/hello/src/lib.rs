@@ -30,3 +30,23 @@ impl Effe for Hello {
 }
 
 effe_abi::export_effe!(Hello);
+
+#[cfg(test)]
+mod tests {
+    use effe_abi::http;
+    use effe_abi::testing::TestHost;
+
+    #[test]
+    fn greets_every_request_from_one_reused_context() -> Result<(), effe_abi::Error> {
+        let mut host = TestHost::<super::Hello>::new()?;
+        for path in ["/", "/anything?x=1"] {
+            let resp = host.call(http::Request::get(path).body("")?);
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["content-type"], "text/plain");
+            assert_eq!(resp.body(), b"Hello from effe");
+        }
+        let life = host.finish()?;
+        assert_eq!((life.starts, life.stops, life.runs), (1, 1, 2));
+        Ok(())
+    }
+}

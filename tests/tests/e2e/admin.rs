@@ -121,7 +121,7 @@ async fn metrics_move_with_requests_errors_panics_starts_and_503s() {
         1.0
     );
     assert!(effe_tests::metric(&before, "effe_init_duration_seconds") > 0.0);
-    assert!(before.contains("effe_build_info{host_version=\"0.1.0\",effe=\"fixture-lifecycle\",effe_version=\"0.1.0\",effe_abi_version=\"0.1.1\"} 1"), "{before}");
+    assert!(before.contains("effe_build_info{host_version=\"0.1.0\",effe=\"fixture-lifecycle\",effe_version=\"0.1.0\",effe_abi_version=\"0.1.2\"} 1"), "{before}");
 
     for _ in 0..3 {
         assert_eq!(host.get("/").await.status, 200);

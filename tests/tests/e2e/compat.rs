@@ -240,3 +240,40 @@ async fn a_new_capability_degrades_gracefully_in_an_older_host() {
     assert_eq!(old.header("x-a"), ["1"], "{}", old.report);
     assert!(old.body().starts_with("kept:"), "{}", old.report);
 }
+
+#[test]
+fn errors_with_a_status_retiring_and_logging_degrade_in_an_older_host() {
+    // Without call@1 the response cannot be reset: what was written stays, and the error is a
+    // plain one (the 0.1.0 host logs it); the current host answers 404 (`sdk::`).
+    let old = run_in_old_host("fixture-lifecycle", &["GET", "/status?404"]);
+    assert_eq!(
+        old.report["run_error"], "fixture status 404",
+        "{}",
+        old.report
+    );
+    assert_eq!(old.report["status"], 201, "{}", old.report);
+    assert_eq!(old.body(), "partial");
+    // Nothing to retire with: an error like any other.
+    let old = run_in_old_host("fixture-lifecycle", &["GET", "/retire"]);
+    assert_eq!(
+        old.report["run_error"], "fixture broken connection",
+        "{}",
+        old.report
+    );
+    // No log@1 either: the effe's records go to its stderr, from info up.
+    let old = run_in_old_host("fixture-lifecycle", &["GET", "/log"]);
+    assert_eq!(old.report["status"], 200, "{}", old.report);
+    assert!(
+        old.stderr
+            .contains("ERROR fixture_lifecycle: fixture log ERROR in ctx 1"),
+        "{}",
+        old.stderr
+    );
+    assert!(
+        old.stderr
+            .contains("INFO fixture_lifecycle: fixture log INFO"),
+        "{}",
+        old.stderr
+    );
+    assert!(!old.stderr.contains("fixture log DEBUG"), "{}", old.stderr);
+}

@@ -177,9 +177,14 @@ fn info_prints_metadata_as_json() {
         info["description"],
         "Answers 200 'Hello from effe': the smallest effe, and the benchmark one"
     );
-    assert_eq!(info["abi_version"], "0.1.1");
+    assert_eq!(info["abi_version"], "0.1.2");
     assert_eq!(info["nonblocking"], true);
-    assert_eq!(info["interfaces"], serde_json::json!(["effe-abi/run@2"]));
+    assert_eq!(info["panic"], "unwind");
+    assert_eq!(info["stream_request_body"], false);
+    assert_eq!(
+        info["interfaces"],
+        serde_json::json!(["effe-abi/run@2", "effe-abi/meta@1", "effe-abi/log@1"])
+    );
 }
 
 #[test]

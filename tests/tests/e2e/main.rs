@@ -11,6 +11,7 @@ mod limits;
 mod load;
 mod logging;
 mod response;
+mod sdk;
 mod serve;
 mod swap;
 mod tls;

@@ -1,5 +1,5 @@
-//! HTTPS: ALPN, protocol versions, key formats, setup errors, SIGHUP rotation, mutual TLS, slow
-//! handshakes, and an effe calling an HTTPS upstream.
+//! HTTPS: ALPN, protocol versions, key formats, setup errors, SIGHUP rotation, mutual TLS (and
+//! what an effe learns of its client), slow handshakes, and an effe calling an HTTPS upstream.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -239,6 +239,96 @@ async fn mutual_tls_accepts_known_clients_and_refuses_others() {
             }
         };
         assert!(refused, "client {who:?} was let in");
+    }
+}
+
+/// `GET /client` of the fixture-response effe (what it learns of its client), carrying the
+/// `effe-client-*` headers a client might forge, and with `filler` more headers than the host
+/// keeps on its stack (its other path).
+fn forged_client_request(filler: bool) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = get("/client");
+    let headers = req.headers_mut();
+    headers.insert("effe-client-subject", "CN=forged".parse().unwrap());
+    headers.insert("effe-client-cert", "MAMCAQE=".parse().unwrap());
+    if filler {
+        for i in 0..30 {
+            let name = http::HeaderName::try_from(format!("x-filler-{i}")).unwrap();
+            headers.insert(name, "1".parse().unwrap());
+        }
+    }
+    req
+}
+
+/// Sends `req` on a new TLS connection offering `alpn` and presenting client certificate `who`.
+async fn over_tls(
+    host: &Host,
+    alpn: &[&str],
+    who: Option<&str>,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> (Proto, effe_tests::Reply) {
+    let exchange = async {
+        let stream = connect(host.addr, client(alpn, who))
+            .await
+            .expect("handshake");
+        let proto = negotiated(&stream);
+        (proto, send_on(stream, host.addr, proto, req).await)
+    };
+    tokio::time::timeout(effe_tests::PATIENCE, exchange)
+        .await
+        .expect("an answer in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_effe_reads_the_subject_and_certificate_of_a_mutual_tls_client() {
+    let der: String = effe_tests::tls::certs("client.pem")[0]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let expected = format!("subject CN=effe-test-client\ncert {der}\ncopies 2\n");
+    // Each way a request reaches Run: on a blocking thread with a deadline, without one, and
+    // inline (the fast path).
+    for call in [&[][..], &["--timeout", "0"], &["--call-mode", "inline"]] {
+        let host = https("fixture-response", "chain-ec.pem", "leaf-ec.key")
+            .args(["--tls-client-ca".as_ref(), pki("ca.pem").as_os_str()])
+            .args(call)
+            .spawn();
+        for (alpn, proto) in [(["h2"], Proto::Http2), (["http/1.1"], Proto::Http1)] {
+            // The client's own copies give way to the host's, whichever path the headers take.
+            for filler in [false, true] {
+                let req = forged_client_request(filler);
+                let (got, reply) = over_tls(&host, &alpn, Some("client"), req).await;
+                assert_eq!(got, proto);
+                assert_eq!(
+                    (reply.status, reply.text()),
+                    (200, expected.clone()),
+                    "{call:?} {proto:?}, filler {filler}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_tell_the_effe_who_it_is() {
+    const TOLD_NOTHING: &str = "subject -\ncert -\ncopies 0\n";
+    let plain = HostCmd::new("fixture-response").spawn();
+    let tls = https("fixture-response", "chain-ec.pem", "leaf-ec.key").spawn();
+    for (proto, alpn) in [(Proto::Http1, "http/1.1"), (Proto::Http2, "h2")] {
+        for filler in [false, true] {
+            let reply = effe_tests::send(plain.addr, proto, forged_client_request(filler)).await;
+            assert_eq!(
+                (reply.status, reply.text().as_str()),
+                (200, TOLD_NOTHING),
+                "cleartext {proto:?}, filler {filler}"
+            );
+            let req = forged_client_request(filler);
+            let (_, reply) = over_tls(&tls, &[alpn], None, req).await;
+            assert_eq!(
+                (reply.status, reply.text().as_str()),
+                (200, TOLD_NOTHING),
+                "TLS {proto:?}, filler {filler}"
+            );
+        }
     }
 }
 
