@@ -3,6 +3,7 @@
 
 mod abuse;
 mod admin;
+mod authoring;
 mod compat;
 mod deadline;
 mod h2_probes;
