@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite, the TLS scan and the soak need beyond the Rust toolchain, if
-# missing: h2load (nghttp2-client), openssl, Python 3 with venv, and sslyze in a virtual
-# environment under the target directory (Debian's Python refuses a system-wide pip install,
-# PEP 668). Idempotent, and quick when everything is there: one `apt-get update` at most.
+# missing: h2load (nghttp2-client), openssl, PostgreSQL's server and client programs (the todo
+# effe's tests start their own server: nothing relies on the package starting one), Python 3 with
+# venv, and sslyze in a virtual environment under the target directory (Debian's Python refuses a
+# system-wide pip install, PEP 668). Idempotent, and quick when everything is there: one
+# `apt-get update` at most.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,8 @@ venv="${CARGO_TARGET_DIR:-target}/sslyze-venv"
 need=()
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v openssl >/dev/null || need+=(openssl)
+# Debian keeps initdb and postgres off PATH, under /usr/lib/postgresql/VERSION/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if ! command -v python3 >/dev/null; then
   need+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip, venv' 2>/dev/null; then

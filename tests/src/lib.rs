@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tempfile::TempDir;
 
+pub mod postgres;
 pub mod swap;
 pub mod tls;
 

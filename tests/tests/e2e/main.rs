@@ -16,4 +16,5 @@ mod sdk;
 mod serve;
 mod swap;
 mod tls;
+mod todo;
 mod wire;
