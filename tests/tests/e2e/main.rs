@@ -14,6 +14,7 @@ mod logging;
 mod response;
 mod sdk;
 mod serve;
+mod streaming;
 mod swap;
 mod tls;
 mod todo;
