@@ -277,3 +277,21 @@ fn errors_with_a_status_retiring_and_logging_degrade_in_an_older_host() {
     );
     assert!(!old.stderr.contains("fixture log DEBUG"), "{}", old.stderr);
 }
+
+#[test]
+fn streaming_effes_work_unstreamed_in_an_older_host() {
+    // No stream@1: flush does nothing, and the events come whole when Run returns.
+    let old = run_in_old_host("sse", &["GET", "/?3"]);
+    assert_eq!(old.report["run_error"], Value::Null, "{}", old.report);
+    assert_eq!(old.report["status"], 200, "{}", old.report);
+    assert_eq!(old.body(), "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    // The body was read whole by the host: body_reader reads it from memory.
+    let old = run_in_old_host("digest", &["POST", "/", "--body", "abc"]);
+    assert_eq!(old.report["run_error"], Value::Null, "{}", old.report);
+    assert_eq!(
+        old.body(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad 3\n",
+        "{}",
+        old.report
+    );
+}
