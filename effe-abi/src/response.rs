@@ -354,14 +354,11 @@ pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
 /// sending a response that is not the one the effe wrote ([`failure`](Self::failure)).
 #[derive(Debug, Default)]
 pub struct ResponseBuffer {
-    /// Where the response goes once the effe flushes: set by the host where it can stream.
-    stream: Option<Box<dyn StreamSink>>,
-    /// The head has gone to `stream`: `body` holds what is not sent yet.
+    /// What the host lent for streaming, if anything: boxed, so that a buffer that does not
+    /// stream (every inline Run) stays small.
+    streams: Option<Box<Streams>>,
+    /// The head has gone to the stream: `body` holds what is not sent yet.
     streaming: bool,
-    /// Why the stream failed (the client went away): later writes are dropped.
-    stream_failed: Option<String>,
-    /// Where a streamed request body comes from: set by the host.
-    body_source: Option<Box<dyn BodySource>>,
     status: Option<StatusCode>,
     headers: HeaderMap,
     /// Name and value bytes of `headers`, against [`MAX_RESPONSE_HEADER_BYTES`].
@@ -372,6 +369,17 @@ pub struct ResponseBuffer {
     broken: Option<Cow<'static, str>>,
     /// The effe asked for its Context to be stopped after this call.
     retire: bool,
+}
+
+/// A buffer's streaming parts, set by the host.
+#[derive(Debug, Default)]
+struct Streams {
+    /// Where the response goes once the effe flushes.
+    sink: Option<Box<dyn StreamSink>>,
+    /// Why the stream failed (the client went away): later writes are dropped.
+    failed: Option<String>,
+    /// Where a streamed request body comes from.
+    body: Option<Box<dyn BodySource>>,
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -452,12 +460,12 @@ impl ResponseBuffer {
     /// body follows as it is written. The host then ends the stream with
     /// [`finish_stream`](Self::finish_stream).
     pub fn stream_to(&mut self, sink: Box<dyn StreamSink>) {
-        self.stream = Some(sink);
+        self.streams.get_or_insert_with(Box::default).sink = Some(sink);
     }
 
     /// Gives the effe the request body from `source`, as it arrives.
     pub fn body_from(&mut self, source: Box<dyn BodySource>) {
-        self.body_source = Some(source);
+        self.streams.get_or_insert_with(Box::default).body = Some(source);
     }
 
     /// Whether the head has been sent (the effe flushed): the response is the stream's, and
@@ -469,10 +477,13 @@ impl ResponseBuffer {
     /// After `run`: sends what is left of a streaming response and ends it, or cuts it if `ok`
     /// is false (`run` failed: the client must not take the stream for a whole response).
     pub fn finish_stream(mut self, ok: bool) {
-        let Some(mut sink) = self.stream.take() else {
+        let Some(streams) = self.streams.take() else {
             return;
         };
-        let ok = ok && self.broken.is_none() && self.stream_failed.is_none();
+        let Some(mut sink) = streams.sink else {
+            return;
+        };
+        let ok = ok && self.broken.is_none() && streams.failed.is_none();
         if ok && !self.body.is_empty() && sink.data(std::mem::take(&mut self.body)).is_err() {
             return;
         }
@@ -632,7 +643,7 @@ impl ResponseBuffer {
     /// A write once streaming: into chunks of at most [`CHUNK`], each sent when full.
     #[inline(never)]
     fn stream_body(&mut self, mut chunk: &[u8]) {
-        while !chunk.is_empty() && self.stream_failed.is_none() {
+        while !chunk.is_empty() && self.stream_failure().is_none() {
             let room = CHUNK - self.body.len().min(CHUNK);
             let (now, later) = chunk.split_at(room.min(chunk.len()));
             self.body.extend_from_slice(now);
@@ -645,12 +656,22 @@ impl ResponseBuffer {
 
     /// Sends `body` down the stream; a failure is kept, and what is written after it dropped.
     fn send_body(&mut self) {
-        let Some(sink) = &mut self.stream else { return };
+        let Some(streams) = &mut self.streams else {
+            return;
+        };
+        let Some(sink) = &mut streams.sink else {
+            return;
+        };
         let chunk = std::mem::replace(&mut self.body, Vec::with_capacity(CHUNK));
         if let Err(why) = sink.data(chunk) {
-            self.stream_failed = Some(why);
+            streams.failed = Some(why);
             self.body = Vec::new();
         }
+    }
+
+    /// Why the stream failed, if it did.
+    fn stream_failure(&self) -> Option<&str> {
+        self.streams.as_ref()?.failed.as_deref()
     }
 
     /// `stream@1`'s flush: the head the first time, then the body written since.
@@ -658,19 +679,22 @@ impl ResponseBuffer {
         if self.broken.is_some() {
             return self.refuse_broken();
         }
-        if let Some(why) = &self.stream_failed {
+        if let Some(why) = self.stream_failure() {
             return refuse(format_args!("{why}"));
         }
         // Where the host lends no stream (a NONBLOCKING effe's writes may not block), the
         // response is sent whole when `run` returns, as in an older host: correct, only late.
-        let Some(sink) = &mut self.stream else {
+        let Some(sink) = self.streams.as_mut().and_then(|s| s.sink.as_mut()) else {
             return RResult::ROk(());
         };
         if !self.streaming {
             let status = self.status.unwrap_or(StatusCode::OK);
             if let Err(why) = sink.head(status, std::mem::take(&mut self.headers)) {
-                self.stream_failed = Some(why.clone());
-                return refuse(format_args!("{why}"));
+                let shown = refuse(format_args!("{why}"));
+                if let Some(streams) = &mut self.streams {
+                    streams.failed = Some(why);
+                }
+                return shown;
             }
             self.streaming = true;
             self.written = true;
@@ -678,7 +702,7 @@ impl ResponseBuffer {
         if !self.body.is_empty() {
             self.send_body();
         }
-        match &self.stream_failed {
+        match self.stream_failure() {
             Some(why) => refuse(format_args!("{why}")),
             None => RResult::ROk(()),
         }
@@ -687,7 +711,7 @@ impl ResponseBuffer {
     /// `stream@1`'s write: as `write_body`, and the stream's failure if it has failed.
     pub(crate) fn write(&mut self, chunk: &[u8]) -> RResult<(), RString> {
         self.store_body(chunk);
-        match (&self.stream_failed, &self.broken) {
+        match (self.stream_failure(), &self.broken) {
             (Some(why), _) => refuse(format_args!("{why}")),
             (None, Some(_)) => self.refuse_broken(),
             (None, None) => RResult::ROk(()),
@@ -697,7 +721,7 @@ impl ResponseBuffer {
     /// `stream@1`'s read: the streamed body, or nothing when the host did not stream it (the
     /// effe's reader then reads `Request::body`).
     pub(crate) fn read_body(&mut self, into: &mut [u8]) -> RResult<usize, RString> {
-        match &mut self.body_source {
+        match self.streams.as_mut().and_then(|s| s.body.as_mut()) {
             Some(source) => source.read(into).map_err(RString::from).into(),
             None => RResult::ROk(0),
         }
@@ -705,7 +729,7 @@ impl ResponseBuffer {
 
     /// Whether the host streams this call's request body.
     pub(crate) fn streams_body(&self) -> bool {
-        self.body_source.is_some()
+        self.streams.as_ref().is_some_and(|s| s.body.is_some())
     }
 }
 

@@ -29,7 +29,8 @@ const QUEUE: usize = 4;
 /// A response body: whole (the usual case, with its `content-length`), or streamed.
 pub enum Body {
     Full(Full<Bytes>),
-    Stream(StreamBody),
+    /// Boxed: every response moves a `Body` around, and most are `Full`.
+    Stream(Box<StreamBody>),
 }
 
 impl Body {
@@ -50,7 +51,7 @@ impl hyper::body::Body for Body {
             Body::Full(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
-            Body::Stream(stream) => Pin::new(stream).poll_frame(cx),
+            Body::Stream(stream) => Pin::new(&mut **stream).poll_frame(cx),
         }
     }
 
@@ -221,7 +222,7 @@ impl StreamSink for Streamer {
             cutting: false,
             _busy: self.busy.take(),
         };
-        let mut resp = Response::new(Body::Stream(body));
+        let mut resp = Response::new(Body::Stream(Box::new(body)));
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         if let Some(id) = self.request_id.take() {
