@@ -190,37 +190,57 @@ const REG_NAME: [bool; 256] = {
 /// `Authority` parse and `port_u16` copy and search, measured at about 1,200 instructions per
 /// request.
 fn valid_host(host: &[u8]) -> bool {
-    let (name, port) = match host {
-        [] => return true,
-        [b'[', rest @ ..] => {
-            // An IP literal: hex digits, colons and dots (and a version or zone: rare, refused).
-            let Some(end) = rest.iter().position(|&b| b == b']') else {
-                return false;
-            };
-            let literal = &rest[..end];
-            if literal.is_empty()
-                || !literal
-                    .iter()
-                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-            {
-                return false;
-            }
-            match &rest[end + 1..] {
-                [] => return true,
-                [b':', port @ ..] => (&[][..], port),
-                _ => return false,
-            }
-        }
-        _ => match host.iter().position(|&b| b == b':') {
-            Some(colon) => (&host[..colon], &host[colon + 1..]),
-            None => (host, &[][..]),
-        },
+    if host.first() == Some(&b'[') {
+        return valid_ip_literal(&host[1..]);
+    }
+    // The name up to the first byte a reg-name cannot hold (`:` is one), then the port.
+    let name = host
+        .iter()
+        .position(|&b| !REG_NAME[usize::from(b)])
+        .unwrap_or(host.len());
+    match &host[name..] {
+        [] => true,
+        [b':', port @ ..] => valid_port(port),
+        _ => false,
+    }
+}
+
+/// `[` already taken: an IP literal of hex digits, colons and dots (a version or zone is rare
+/// and refused), `]`, and an optional port.
+#[cold]
+#[inline(never)]
+fn valid_ip_literal(rest: &[u8]) -> bool {
+    let Some(end) = rest.iter().position(|&b| b == b']') else {
+        return false;
     };
-    let name_ok = name.iter().all(|&b| REG_NAME[usize::from(b)]);
-    let port_ok = port.len() <= 5
-        && port.iter().all(u8::is_ascii_digit)
-        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535;
-    name_ok && port_ok
+    let literal = &rest[..end];
+    if literal.is_empty()
+        || !literal
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
+        return false;
+    }
+    match &rest[end + 1..] {
+        [] => true,
+        [b':', port @ ..] => valid_port(port),
+        _ => false,
+    }
+}
+
+/// Up to five digits, at most 65535, or empty (RFC 3986 allows `host:`).
+fn valid_port(port: &[u8]) -> bool {
+    if port.len() > 5 {
+        return false;
+    }
+    let mut n = 0u32;
+    for &d in port {
+        if !d.is_ascii_digit() {
+            return false;
+        }
+        n = n * 10 + u32::from(d - b'0');
+    }
+    n <= 65535
 }
 
 #[cfg(test)]
