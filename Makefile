@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LISTEN ?= 0.0.0.0:8080
 
-.PHONY: build run test test-cargo lint clean bench fuzz deps tls-scan soak image test-deploy
+.PHONY: build run test test-cargo lint clean bench fuzz deps tls-scan soak image test-deploy pgo
 
 build:
 	$(CARGO) build --workspace --release
@@ -91,6 +91,11 @@ fuzz:
 BENCH_ARGS ?=
 bench:
 	CARGO=$(CARGO) bench/run.py $(BENCH_ARGS)
+
+# A profile-guided build of effe-host (bench/pgo.sh): trained on the bench's workload, written to
+# target/pgo/release. Measure it with `make bench BENCH_ARGS="--effe-dir target/pgo/release"`.
+pgo:
+	CARGO=$(CARGO) bench/pgo.sh
 
 clean:
 	$(CARGO) clean

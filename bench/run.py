@@ -61,6 +61,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RELEASE = ROOT / "target" / "release"
+# Where effe-host (and the effes, when there) come from: RELEASE, or --effe-dir (a PGO build).
+EFFE_DIR = RELEASE
 RESULTS = BENCH / "results" / "latest.json"
 BODY = b"Hello from effe"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -393,7 +395,8 @@ def bare_argv(listen: str, current_thread: bool = False) -> list[str]:
 
 def effe_argv(listen: str, plugin: str = "libhello.so") -> list[str]:
     # The admin listener stays on (metrics are part of the measured hot path), on a free port.
-    return [str(RELEASE / "effe-host"), "--plugin", str(RELEASE / plugin), "--listen", listen,
+    so = EFFE_DIR / plugin if (EFFE_DIR / plugin).exists() else RELEASE / plugin
+    return [str(EFFE_DIR / "effe-host"), "--plugin", str(so), "--listen", listen,
             "--syslog", "off", "--admin-listen", "127.0.0.1:0"]
 
 
@@ -1264,6 +1267,10 @@ def parse_args() -> argparse.Namespace:
                     help="runs of the cold-start case (default: %(default)s)")
     ap.add_argument("--no-build", action="store_true",
                     help="use the binaries already in target/release")
+    ap.add_argument("--effe-dir", type=Path,
+                    help="take effe-host (and its effes, where present) from this directory "
+                    "instead of target/release: `--effe-dir target/pgo/release` measures the "
+                    "profile-guided build of `make pgo`")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin servers and load generator to CPUs")
     ap.add_argument("--server-cpu", type=int, help="CPU for the servers (if unset: the first "
@@ -1303,7 +1310,10 @@ def choose_pinning(args) -> Pinning:
 
 
 def main() -> int:
+    global EFFE_DIR
     args = parse_args()
+    if args.effe_dir is not None:
+        EFFE_DIR = args.effe_dir.resolve()
     # SIGTERM ends the script like Ctrl-C does: through the `finally` that stops the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # Ctrl-C too, even when started from a shell that made SIGINT ignored (background jobs).
