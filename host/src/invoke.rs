@@ -610,7 +610,7 @@ impl App {
         busy: Busy,
     ) -> Response<Body> {
         let (parts, incoming) = req.into_parts();
-        let mut body = Incoming_::Whole(Bytes::new());
+        let mut body = BodyIn::Whole(Bytes::new());
         if !incoming.is_end_stream() {
             // An effe that reads bodies as they arrive gets its Run first, on a blocking thread.
             match self.plugin.streamed_body() {
@@ -619,7 +619,7 @@ impl App {
                     let (pumped, pump) =
                         crate::stream::pump(incoming, limit, self.body_read_timeout);
                     let failed = pump.failure();
-                    body = Incoming_::Streamed(pumped, tokio::spawn(pump.run()), failed);
+                    body = BodyIn::Streamed(pumped, tokio::spawn(pump.run()), failed);
                 }
                 // Read whole (on the network threads, a Run may not wait for its body), under
                 // the effe's own limit if it lifted the host's.
@@ -627,11 +627,11 @@ impl App {
                     .read_body(incoming, limit_of(limit, self.max_body_size))
                     .await
                 {
-                    Ok(whole) => body = Incoming_::Whole(whole),
+                    Ok(whole) => body = BodyIn::Whole(whole),
                     Err(resp) => return resp,
                 },
                 None => match self.read_body(incoming, self.max_body_size).await {
-                    Ok(whole) => body = Incoming_::Whole(whole),
+                    Ok(whole) => body = BodyIn::Whole(whole),
                     Err(resp) => return resp,
                 },
             }
@@ -644,7 +644,7 @@ impl App {
             Err(e) => return unavailable(&e, &self.metrics),
         };
         match (self.call_mode, body) {
-            (CallMode::Inline, Incoming_::Whole(body)) => {
+            (CallMode::Inline, BodyIn::Whole(body)) => {
                 self.invoke(&mut lease, &parts, &body, &peer, client.as_deref(), None)
             }
             (_, body) => self.on_thread(lease, parts, body, peer, client, busy).await,
@@ -659,7 +659,7 @@ impl App {
         self: &Arc<Self>,
         mut lease: Lease<Effes>,
         parts: http::request::Parts,
-        body: Incoming_,
+        body: BodyIn,
         peer: Arc<str>,
         client: Option<Arc<ClientCert>>,
         busy: Busy,
@@ -681,8 +681,8 @@ impl App {
             passed,
         } = heads;
         let (whole, streamed, pump) = match body {
-            Incoming_::Whole(whole) => (whole, None, None),
-            Incoming_::Streamed(pumped, pump, failed) => {
+            BodyIn::Whole(whole) => (whole, None, None),
+            BodyIn::Streamed(pumped, pump, failed) => {
                 (Bytes::new(), Some(pumped), Some((pump, failed)))
             }
         };
@@ -976,7 +976,7 @@ impl App {
 
 /// A request body on its way to the Run: read whole, or streamed as the Run reads it (with
 /// the task that pumps it, and how the body failed if it did).
-enum Incoming_ {
+enum BodyIn {
     Whole(Bytes),
     Streamed(
         Pumped,
