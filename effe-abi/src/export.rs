@@ -212,15 +212,7 @@ extern "C" fn run<'a, E: Exported>(
     resp: &mut module::ResponseWriter<'a>,
 ) -> RResult<(), EffeError> {
     let _in_call = crate::ffi::InCall::enter(req, None);
-    guard(|| {
-        let effe = instance::<E>()?;
-        // SAFETY: the host only passes back handles that `start::<E>` made.
-        #[allow(unsafe_code)]
-        let ctx = unsafe { ctx.as_mut::<E::Context>() };
-        let mut writer = ResponseWriter::over_sink(resp);
-        let result = effe.run(ctx, req, &mut writer);
-        settle(result, &mut writer)
-    })
+    guard(|| run_on::<E>(ctx, req, &mut ResponseWriter::over_sink(resp)))
 }
 
 /// `run@2`: the response goes through the host's call services.
@@ -230,15 +222,21 @@ extern "C" fn run_v2<'a, 'b, E: Exported>(
     call: HostCall<'b>,
 ) -> RResult<(), EffeError> {
     let _in_call = crate::ffi::InCall::enter(req, Some(&call));
-    guard(|| {
-        let effe = instance::<E>()?;
-        // SAFETY: the host only passes back handles that `start::<E>` made.
-        #[allow(unsafe_code)]
-        let ctx = unsafe { ctx.as_mut::<E::Context>() };
-        let mut writer = ResponseWriter::over_call(call);
-        let result = effe.run(ctx, req, &mut writer);
-        settle(result, &mut writer)
-    })
+    guard(|| run_on::<E>(ctx, req, &mut ResponseWriter::over_call(call)))
+}
+
+/// Both `run`s, whatever the writer goes to.
+fn run_on<E: Exported>(
+    ctx: &mut RawContext,
+    req: &Request<'_>,
+    writer: &mut ResponseWriter<'_>,
+) -> Result<(), Error> {
+    let effe = instance::<E>()?;
+    // SAFETY: the host only passes back handles that `start::<E>` made.
+    #[allow(unsafe_code)]
+    let ctx = unsafe { ctx.as_mut::<E::Context>() };
+    let result = effe.run(ctx, req, writer);
+    settle(result, writer)
 }
 
 /// What `run`'s result means for the host: an error with a status becomes the answer (and

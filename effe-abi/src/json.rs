@@ -28,11 +28,7 @@ impl ResponseWriter<'_> {
     /// nothing is written.
     pub fn json<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<&mut Self, Error> {
         let body = serde_json::to_vec(value)?;
-        let content_type = "application/json";
-        if self.set_header("content-type", content_type).is_err() {
-            self.header("content-type", content_type)?;
-        }
-        Ok(self.body(body))
+        Ok(self.content_type("application/json")?.body(body))
     }
 }
 

@@ -230,12 +230,18 @@ impl ResponseWriter<'_> {
     /// Answers `text` as `text/plain; charset=utf-8` (replacing any content type set before).
     /// The status stays as set (200 unless set).
     pub fn text(&mut self, text: impl AsRef<str>) -> &mut Self {
-        let content_type = "text/plain; charset=utf-8";
         // Only a broken response refuses a valid header; the body then goes nowhere too.
-        if self.set_header("content-type", content_type).is_err() {
-            let _ = self.header("content-type", content_type);
-        }
+        let _ = self.content_type("text/plain; charset=utf-8");
         self.body(text.as_ref())
+    }
+
+    /// Sets `content-type`, replacing any set before; appended in a host that cannot replace
+    /// a header (older than effe-abi 0.1.1).
+    pub(crate) fn content_type(&mut self, value: &str) -> Result<&mut Self, Error> {
+        if self.set_header("content-type", value).is_err() {
+            self.header("content-type", value)?;
+        }
+        Ok(self)
     }
 
     /// Sends what was written so far: the first flush sends the status and headers, and the

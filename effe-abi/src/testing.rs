@@ -128,21 +128,12 @@ impl<E: Effe> TestHost<E> {
                 format!("test-{}", self.next_id - 1)
             }
         };
-        let headers: Vec<Header<'_>> = parts
-            .headers
-            .iter()
-            .map(|(name, value)| Header::new(name.as_str(), value.as_bytes()))
-            .collect();
-        let request = Request::new(RequestParts {
-            method: parts.method.as_str(),
-            target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-            version: HttpVersion::from(parts.version),
-            headers: &headers,
-            body: &body,
-            peer_addr: "127.0.0.1:1",
-            request_id: &request_id,
-        });
+        viewed(&parts, &body, &request_id, |request| self.serve(request))
+    }
 
+    /// [`call`](Self::call), once the request is a [`Request`].
+    fn serve(&mut self, request: &Request<'_>) -> http::Response<Vec<u8>> {
+        let request_id = request.request_id();
         let mut ctx = match self.idle.pop() {
             Some(ctx) => ctx,
             None => match into_error(guard(|| self.effe.start())) {
@@ -152,7 +143,7 @@ impl<E: Effe> TestHost<E> {
                 }
                 Err(err) => {
                     self.logs.push(format!("start failed: {err}"));
-                    let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, &request_id);
+                    let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, request_id);
                     resp.headers_mut()
                         .insert("retry-after", HeaderValue::from_static("1"));
                     return resp;
@@ -168,10 +159,10 @@ impl<E: Effe> TestHost<E> {
             out.stream_to(Box::new(Collect(collected.clone())));
         }
         let (result, records) = crate::logging::captured(|| {
-            let _in_call = crate::ffi::InCall::enter(&request, None);
+            let _in_call = crate::ffi::InCall::enter(request, None);
             guard(|| {
                 let mut writer = out.writer();
-                let result = self.effe.run(&mut ctx, &request, &mut writer);
+                let result = self.effe.run(&mut ctx, request, &mut writer);
                 settle(result, &mut writer)
             })
         });
@@ -197,14 +188,14 @@ impl<E: Effe> TestHost<E> {
                 self.idle.push(ctx);
             }
             let collected = std::mem::take(&mut *lock(&collected));
-            return collected.into_response(&request_id);
+            return collected.into_response(request_id);
         }
         let (resp, keep) = match result.into_result() {
-            Ok(()) if !out.is_broken() => (into_response(out, &request_id), true),
+            Ok(()) if !out.is_broken() => (into_response(out, request_id), true),
             Ok(()) => {
                 let why = out.failure().unwrap_or_default().to_owned();
                 self.logs.push(format!("run failed: {why}"));
-                (plain(StatusCode::INTERNAL_SERVER_ERROR, &request_id), true)
+                (plain(StatusCode::INTERNAL_SERVER_ERROR, request_id), true)
             }
             Err(failure) => {
                 let panicked = failure.kind() == ErrorKind::Panicked;
@@ -215,11 +206,11 @@ impl<E: Effe> TestHost<E> {
                 ));
                 if panicked {
                     self.lifecycle.panics += 1;
-                    (plain(StatusCode::INTERNAL_SERVER_ERROR, &request_id), false)
+                    (plain(StatusCode::INTERNAL_SERVER_ERROR, request_id), false)
                 } else if out.is_written() && !out.is_broken() {
-                    (into_response(out, &request_id), true)
+                    (into_response(out, request_id), true)
                 } else {
-                    (plain(StatusCode::INTERNAL_SERVER_ERROR, &request_id), true)
+                    (plain(StatusCode::INTERNAL_SERVER_ERROR, request_id), true)
                 }
             }
         };
@@ -344,6 +335,16 @@ pub fn with_request<B: AsRef<[u8]>, T>(
     f: impl FnOnce(&Request<'_>) -> T,
 ) -> T {
     let (parts, body) = request.into_parts();
+    viewed(&parts, body.as_ref(), "test-1", f)
+}
+
+/// Runs `f` with a [`Request`] over `parts` and `body`, as the host builds one.
+fn viewed<T>(
+    parts: &http::request::Parts,
+    body: &[u8],
+    request_id: &str,
+    f: impl FnOnce(&Request<'_>) -> T,
+) -> T {
     let headers: Vec<Header<'_>> = parts
         .headers
         .iter()
@@ -354,9 +355,9 @@ pub fn with_request<B: AsRef<[u8]>, T>(
         target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
         version: HttpVersion::from(parts.version),
         headers: &headers,
-        body: body.as_ref(),
+        body,
         peer_addr: "127.0.0.1:1",
-        request_id: "test-1",
+        request_id,
     }))
 }
 

@@ -748,7 +748,7 @@ impl App {
         // Counted before the Run can see it abandoned (and uncount it when it ends).
         self.pool.quarantine_begun();
         match outcome.compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => self.timed_out(&id, self.timeout.unwrap_or_default()),
+            Ok(_) => self.timed_out(&id),
             Err(_) => {
                 // It returned just now: its answer is on the way.
                 self.pool.quarantine_cancelled();
@@ -764,36 +764,33 @@ impl App {
     #[cold]
     #[inline(never)]
     fn stream_timed_out(&self, request_id: &str) {
-        self.metrics.run_timed_out();
-        let timeout = self.timeout.unwrap_or_default();
-        self.run_log.run_failed(
+        self.run_timed_out(
             request_id,
-            &Failure {
-                panicked: false,
-                message: format!(
-                    "timed out after {} while streaming: the stream was cut; its Context is \
-                     retired when the Run returns",
-                    humantime::format_duration(timeout)
-                ),
-            },
+            " while streaming: the stream was cut; its Context is retired when the Run returns",
         );
     }
 
     #[cold]
     #[inline(never)]
-    fn timed_out(&self, request_id: &str, timeout: Duration) -> Response<Body> {
+    fn timed_out(&self, request_id: &str) -> Response<Body> {
+        self.run_timed_out(
+            request_id,
+            "; its Context is quarantined until the Run returns",
+        );
+        with_id(plain(StatusCode::GATEWAY_TIMEOUT), request_id)
+    }
+
+    /// A Run past `--timeout`, logged (`then` goes on to say what became of it) and counted.
+    fn run_timed_out(&self, request_id: &str, then: &str) {
         self.metrics.run_timed_out();
+        let took = humantime::format_duration(self.timeout.unwrap_or_default());
         self.run_log.run_failed(
             request_id,
             &Failure {
                 panicked: false,
-                message: format!(
-                    "timed out after {}; its Context is quarantined until the Run returns",
-                    humantime::format_duration(timeout)
-                ),
+                message: format!("timed out after {took}{then}"),
             },
         );
-        with_id(plain(StatusCode::GATEWAY_TIMEOUT), request_id)
     }
 
     /// The whole body, at most `--max-body-size` bytes (413 beyond, 400 if the client fails),
@@ -865,8 +862,11 @@ impl App {
             client,
         };
         let mut out = ResponseBuffer::new();
+        // Made once: the streamed head and the whole answer carry the same value.
+        let mut id_value = None;
         if let Some((stream, body)) = streams {
-            out.stream_to(Box::new(stream.with_request_id(id.header_value())));
+            id_value = id.header_value();
+            out.stream_to(Box::new(stream.with_request_id(id_value.clone())));
             if let Some(body) = body {
                 out.body_from(Box::new(body));
             }
@@ -882,7 +882,7 @@ impl App {
         match ran {
             Ok(()) if !out.is_broken() => {
                 let mut resp = into_response(out);
-                if let Some(v) = id.header_value() {
+                if let Some(v) = id_value.or_else(|| id.header_value()) {
                     resp.headers_mut().insert(X_REQUEST_ID, v);
                 }
                 resp
