@@ -5,6 +5,10 @@
 //! - `abi_call`: `Plugin::run` alone (request view, the `extern "C"` call, the response sink).
 //! - `pool_round_trip`: acquire an idle Context and give it back.
 //! - `pool_and_call`: both, as the host does per request in inline mode.
+//!
+//! Each iteration drops its response, as the host does once it is written: a bench that handed
+//! the responses back to divan would keep a whole sample of them alive, overflow malloc's
+//! per-thread cache and time glibc's slow paths instead of ours.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,6 +22,10 @@ use effe_host::invoke::Effes;
 use effe_host::metrics::{Build, Metrics};
 use effe_host::plugin::{Call, Plugin};
 use effe_host::pool::{Lease, Pool, PoolConfig};
+
+// The host's allocator (see main.rs): what it costs per call is part of the figure.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     divan::main();
@@ -112,7 +120,7 @@ fn call(f: &Fixture, lease: &mut Lease<Effes>) -> ResponseBuffer {
 fn abi_call(bencher: divan::Bencher) {
     let f = fixture();
     let mut lease = acquire(&f.pool);
-    bencher.bench_local(|| call(f, &mut lease));
+    bencher.bench_local(|| drop(call(f, &mut lease)));
 }
 
 #[divan::bench]
@@ -126,6 +134,6 @@ fn pool_and_call(bencher: divan::Bencher) {
     let f = fixture();
     bencher.bench_local(|| {
         let mut lease = acquire(&f.pool);
-        call(f, &mut lease)
+        drop(call(f, &mut lease));
     });
 }
