@@ -58,12 +58,14 @@ soak: deps
 	chmod go-w $(or $(CARGO_TARGET_DIR),target)/release/*.so
 	tests/soak/soak.py --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
-# A container image of effe-host and one effe (deploy/image.sh: release build, deploy/rootfs.sh,
-# docker build --network none; needs a Docker daemon): `make image EFFE=hello`, or an effe built
-# elsewhere, `make image EFFE_SO=/path/libfoo.so`. IMAGE names it (default effe-NAME).
+# A container image of effe-host and one effe (deploy/image.sh: the profile-guided build of
+# effe-host, deploy/rootfs.sh, docker build --network none; needs a Docker daemon and h2load):
+# `make image EFFE=hello`, or an effe built elsewhere, `make image EFFE_SO=/path/libfoo.so`.
+# IMAGE names it (default effe-NAME); EFFE_PGO=0 takes a plain release build of the host.
 EFFE ?= hello
+EFFE_PGO ?= 1
 image:
-	EFFE=$(if $(EFFE_SO),,$(EFFE)) EFFE_SO=$(EFFE_SO) IMAGE=$(IMAGE) CARGO=$(CARGO) deploy/image.sh
+	EFFE=$(if $(EFFE_SO),,$(EFFE)) EFFE_SO=$(EFFE_SO) IMAGE=$(IMAGE) EFFE_PGO=$(EFFE_PGO) CARGO=$(CARGO) deploy/image.sh
 
 # The deployment checks (tests/deploy/run.sh, as root; installs what it needs with
 # tests/deploy/deps.sh, starts dockerd if none answers and stops it after): hadolint, the
@@ -86,16 +88,19 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
-# effe-host vs a bare hyper server vs nginx (installs wrk, h2load, nginx with apt-get if
-# missing); e.g. `make bench BENCH_ARGS=--quick`. See bench/run.py --help.
+# effe-host as the image ships it (the profile-guided build, `make pgo`) vs a bare hyper server
+# vs nginx (installs wrk, h2load, nginx with apt-get if missing); e.g. `make bench
+# BENCH_ARGS=--quick`, or the plain release build: BENCH_ARGS="--effe-dir target/release". See
+# bench/run.py --help.
 BENCH_ARGS ?=
-bench:
-	CARGO=$(CARGO) bench/run.py $(BENCH_ARGS)
+bench: pgo
+	CARGO=$(CARGO) bench/run.py --effe-dir $(or $(CARGO_TARGET_DIR),target)/pgo/release $(BENCH_ARGS)
 
-# A profile-guided build of effe-host (bench/pgo.sh): trained on the bench's workload, written to
-# target/pgo/release. Measure it with `make bench BENCH_ARGS="--effe-dir target/pgo/release"`.
+# The profile-guided build of effe-host the image ships (bench/pgo.sh --no-default-features:
+# without the effe-abi sources `effe-host new` vendors), trained on the bench's workload, written
+# to target/pgo/release.
 pgo:
-	CARGO=$(CARGO) bench/pgo.sh
+	CARGO=$(CARGO) bench/pgo.sh --no-default-features
 
 clean:
 	$(CARGO) clean

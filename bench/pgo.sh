@@ -4,6 +4,9 @@
 # the hello effe, on 127.0.0.1, each bounded by its request count), its profile is merged with
 # llvm-profdata, and effe-host is built again with it, into target/pgo/release/effe-host.
 #
+# Arguments are passed to both cargo builds: `bench/pgo.sh --no-default-features` makes the
+# host the container image ships (deploy/image.sh).
+#
 # Needs h2load (nghttp2-client) and the toolchain's llvm-tools (installed here with rustup if
 # missing). Only the process this script starts is ended, by its PID.
 set -euo pipefail
@@ -28,7 +31,7 @@ rm -rf "$data"
 mkdir -p "$data"
 echo "bench/pgo.sh: instrumented build" >&2
 RUSTFLAGS="-Cprofile-generate=$data" "$CARGO" build --release --quiet -p effe-host -p hello \
-  --target-dir "$gen"
+  --target-dir "$gen" "$@"
 chmod go-w "$gen/release/libhello.so"
 
 log=$(mktemp)
@@ -63,6 +66,6 @@ host_pid=
 "$profdata" merge -o "$data/merged.profdata" "$data"/*.profraw
 echo "bench/pgo.sh: optimized build" >&2
 RUSTFLAGS="-Cprofile-use=$data/merged.profdata" "$CARGO" build --release --quiet \
-  -p effe-host -p hello --target-dir "$out"
+  -p effe-host -p hello --target-dir "$out" "$@"
 chmod go-w "$out"/release/*.so
 echo "bench/pgo.sh: $out/release/effe-host" >&2

@@ -1323,7 +1323,7 @@ def main() -> int:
         "complete": False,
         "settings": {"rounds": args.rounds, "duration_s": args.duration,
                      "warmup_s": args.warmup, "cases": args.cases, "quick": args.quick,
-                     "latency_rate": args.latency_rate},
+                     "latency_rate": args.latency_rate, "effe_dir": str(EFFE_DIR)},
         "cases": {},
     }
     try:
@@ -1340,6 +1340,7 @@ def main() -> int:
         log(f"effe benchmarks: {args.rounds} rounds x {args.duration}s (+{args.warmup}s "
             f"warm-up) per server and case; {pin.describe()}; "
             f"load average {os.getloadavg()[0]:.2f} (1 min, includes any build just done)")
+        log(f"effe-host: {EFFE_DIR / 'effe-host'}")
         with tempfile.TemporaryDirectory(prefix="effe-bench-") as tmp_name:
             tmp = Path(tmp_name)
             run_all(args, pin, tools, tmp, results)

@@ -17,8 +17,9 @@
 #
 # Usage:  EFFE=hello deploy/rootfs.sh DIR              (target/release/libhello.so)
 #         EFFE_SO=/path/libfoo.so deploy/rootfs.sh DIR  (an effe built elsewhere)
-# DIR must be absent or empty. Reads effe-host from ${CARGO_TARGET_DIR:-target}/release: run
-# `cargo build --release -p effe-host` (and `-p NAME`) first, or `make image`, which does.
+# DIR must be absent or empty. Reads effe-host from EFFE_HOST, by default
+# ${CARGO_TARGET_DIR:-target}/release/effe-host: run `cargo build --release -p effe-host` (and
+# `-p NAME`) first, or `make image`, which builds the profile-guided host and names it.
 # Needs ldd (libc-bin), strip (binutils) and the CA bundle (ca-certificates); tests/deploy/deps.sh
 # installs them.
 set -euo pipefail
@@ -29,6 +30,7 @@ die() { echo "deploy/rootfs.sh: $*" >&2; exit 1; }
 # Paths the caller gave are relative to where it stands, so resolve them before moving.
 dir=$(realpath -m -- "$1")
 so_arg=${EFFE_SO:+$(realpath -m -- "$EFFE_SO")}
+host_arg=${EFFE_HOST:+$(realpath -m -- "$EFFE_HOST")}
 cd "$(dirname "$0")/.."
 target=$(realpath -m -- "${CARGO_TARGET_DIR:-target}")
 
@@ -41,7 +43,7 @@ elif [ -n "${EFFE:-}" ]; then
 else
   die "set EFFE (an effe of this workspace, e.g. hello) or EFFE_SO (the path of an effe .so)"
 fi
-host="$target/release/effe-host"
+host=${host_arg:-$target/release/effe-host}
 ca=/etc/ssl/certs/ca-certificates.crt
 
 [ -x "$host" ] || die "$host: missing; run cargo build --release -p effe-host"
