@@ -1103,12 +1103,48 @@ def settle(pid: int, limit: float = 10.0) -> None:
         last = now
 
 
+# The allocator's entry points, glibc's and mimalloc's (effe-host's global allocator; the effe's
+# own allocations go to glibc's): a call to one of these from outside the allocator is one
+# allocation (or reallocation) the `instructions` case counts.
+ALLOC_FNS = frozenset({
+    "malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign",
+    "mi_malloc", "mi_zalloc", "mi_calloc", "mi_realloc", "mi_malloc_aligned",
+    "mi_zalloc_aligned", "mi_realloc_aligned",
+})
+CG_NAME = re.compile(r"^(c?fn)=(?:\((\d+)\))?\s*(.*)$")
+
+
+def callgrind_allocs(text: str) -> int:
+    """Calls into ALLOC_FNS from code outside the allocator, in one callgrind dump: the `calls=`
+    lines under each `cfn=` (callee), in the `fn=` (caller) block they belong to. Names may be
+    compressed: `(N) name` the first time, `(N)` after."""
+    names: dict[str, str] = {}
+    caller = callee = ""
+    allocs = 0
+    for line in text.splitlines():
+        m = CG_NAME.match(line)
+        if m:
+            kind, ident, name = m.groups()
+            if ident is not None and name:
+                names[ident] = name
+            resolved = names.get(ident, name) if ident is not None else name
+            if kind == "fn":
+                caller = resolved
+            else:
+                callee = resolved
+        elif line.startswith("calls=") and callee in ALLOC_FNS:
+            if caller not in ALLOC_FNS and not caller.startswith(("mi_", "_mi_", "_int_")):
+                allocs += int(line[6:].split()[0])
+    return allocs
+
+
 def callgrind_total(dump_dir: Path, before: set[Path], proc: subprocess.Popen,
-                    timeout: float = 60.0) -> tuple[int, list[str]]:
+                    timeout: float = 60.0) -> tuple[int, int, list[str]]:
     """The instructions (Ir) in the dump(s) `callgrind_control -d` just wrote into `dump_dir`
     (one file, `callgrind.out.N`; one per thread with --separate-threads): the `summary:`
-    line of each, which is what callgrind_annotate prints as PROGRAM TOTALS. A file is
-    complete once its `totals:` line, the last one, is written."""
+    line of each, which is what callgrind_annotate prints as PROGRAM TOTALS; and the
+    allocations in them (callgrind_allocs). A file is complete once its `totals:` line, the
+    last one, is written."""
     deadline = time.monotonic() + timeout
     while True:
         new = sorted(f for f in dump_dir.iterdir() if f not in before)
@@ -1122,14 +1158,15 @@ def callgrind_total(dump_dir: Path, before: set[Path], proc: subprocess.Popen,
             raise BenchError(f"no complete callgrind dump in {dump_dir} within "
                              f"{timeout:.0f}s (found: {[f.name for f in new]})")
         time.sleep(0.1)
-    total = 0
+    total = allocs = 0
     for f, text in texts.items():
         events = re.search(r"^events:\s*(\S+)", text, re.M)
         summary = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
         if not (events and summary) or events.group(1) != "Ir":
             raise BenchError(f"{f}: no 'events: Ir' and 'summary:' lines")
         total += int(summary.group(1))
-    return total, [f.name for f in new]
+        allocs += callgrind_allocs(text)
+    return total, allocs, [f.name for f in new]
 
 
 def instructions(pin: Pinning, tools: dict[str, str], tmp: Path) -> dict:
@@ -1147,6 +1184,7 @@ def instructions(pin: Pinning, tools: dict[str, str], tmp: Path) -> dict:
         "bare-hyper-ct": bare_argv("127.0.0.1:0", current_thread=True),
     }
     per_request: dict[str, dict[str, float]] = {name: {} for name in INSTR_SERVERS}
+    allocs_per_request: dict[str, dict[str, float]] = {name: {} for name in INSTR_SERVERS}
     runs = []
     for proto in INSTR_PROTOCOLS:
         for name in INSTR_SERVERS:
@@ -1168,13 +1206,15 @@ def instructions(pin: Pinning, tools: dict[str, str], tmp: Path) -> dict:
                 settle(proc.pid)
                 before = set(dump_dir.iterdir())
                 callgrind_control(tools["callgrind_control"], "-d", proc.pid)
-                total, dumps = callgrind_total(dump_dir, before, proc)
+                total, allocs, dumps = callgrind_total(dump_dir, before, proc)
             finally:
                 PROCS.stop(proc, 30.0)
             per_req = total / INSTR_REQUESTS
             per_request[name][proto] = per_req
+            allocs_per_request[name][proto] = allocs / INSTR_REQUESTS
             runs.append({"server": name, "protocol": proto, "instructions": total,
                          "requests": INSTR_REQUESTS, "per_request": per_req,
+                         "allocations": allocs, "allocations_per_request": allocs / INSTR_REQUESTS,
                          "rps_under_callgrind": load["rps"], "valgrind_start_s": start_s,
                          "dumps": dumps, "command": argv, "load_command": load["command"]})
             log(f"  {LETTER[name]} {name:<13} {proto:<8} {per_req:>9,.0f} instructions/request"
@@ -1202,9 +1242,16 @@ def instructions(pin: Pinning, tools: dict[str, str], tmp: Path) -> dict:
             "still changes a little how many requests one wake-up handles).")
     for line in textwrap.wrap(note, 94):
         log(f"  {line}")
+    log()
+    log("allocations per request (calls into malloc or mimalloc, in the same runs)")
+    log(f"    {'server':<19}" + "".join(f"{p:>12}" for p in INSTR_PROTOCOLS))
+    for name in INSTR_SERVERS:
+        log(f"  {LETTER[name]} {name:<19}" + "".join(
+            f"{allocs_per_request[name][p]:>12,.2f}" for p in INSTR_PROTOCOLS))
     return {"requests": INSTR_REQUESTS, "warmup_requests": INSTR_WARMUP_REQUESTS,
             "connections": INSTR_CONNS, "h2c_streams": INSTR_STREAMS,
             "pinned_cpu": pin.server, "per_request": per_request, "ratios": ratios,
+            "allocations_per_request": allocs_per_request,
             "note": note, "runs": runs}
 
 
