@@ -24,6 +24,10 @@ else
   name=$EFFE
 fi
 export EFFE EFFE_SO
+case ${EFFE_PGO:-1} in
+  0 | 1) ;;
+  *) die "EFFE_PGO=$EFFE_PGO: expected 1 (the profile-guided build, the default) or 0" ;;
+esac
 if [ -n "${EFFE_HOST:-}" ]; then
   EFFE_HOST=$(realpath -m -- "$EFFE_HOST")
   [ -x "$EFFE_HOST" ] || die "EFFE_HOST=$EFFE_HOST: not an executable"
