@@ -1169,6 +1169,15 @@ def callgrind_total(dump_dir: Path, before: set[Path], proc: subprocess.Popen,
     return total, allocs, [f.name for f in new]
 
 
+def log_per_protocol(title: str, values: dict[str, dict[str, float]], spec: str) -> None:
+    """A table of the instructions case: one row per server, one column per protocol."""
+    log(title)
+    log(f"    {'server':<19}" + "".join(f"{p:>12}" for p in INSTR_PROTOCOLS))
+    for name in INSTR_SERVERS:
+        log(f"  {LETTER[name]} {name:<19}" + "".join(
+            f"{values[name][p]:>12{spec}}" for p in INSTR_PROTOCOLS))
+
+
 def instructions(pin: Pinning, tools: dict[str, str], tmp: Path) -> dict:
     """User-space instructions per request, counted by callgrind: deterministic, unlike req/s
     on a noisy machine."""
@@ -1225,11 +1234,8 @@ def instructions(pin: Pinning, tools: dict[str, str], tmp: Path) -> dict:
                                for proto in INSTR_PROTOCOLS}
               for base in ("bare-hyper", "bare-hyper-ct")}
     log()
-    log("instructions: user-space instructions per request (callgrind)")
-    log(f"    {'server':<19}" + "".join(f"{p:>12}" for p in INSTR_PROTOCOLS))
-    for name in INSTR_SERVERS:
-        log(f"  {LETTER[name]} {name:<19}" + "".join(
-            f"{per_request[name][p]:>12,.0f}" for p in INSTR_PROTOCOLS))
+    log_per_protocol("instructions: user-space instructions per request (callgrind)",
+                     per_request, ",.0f")
     for key, by_proto in ratios.items():
         log(f"    {key:<19}" + "".join(f"{fmt_ratio(by_proto[p]):>12}"
                                        for p in INSTR_PROTOCOLS))
@@ -1243,11 +1249,8 @@ def instructions(pin: Pinning, tools: dict[str, str], tmp: Path) -> dict:
     for line in textwrap.wrap(note, 94):
         log(f"  {line}")
     log()
-    log("allocations per request (calls into malloc or mimalloc, in the same runs)")
-    log(f"    {'server':<19}" + "".join(f"{p:>12}" for p in INSTR_PROTOCOLS))
-    for name in INSTR_SERVERS:
-        log(f"  {LETTER[name]} {name:<19}" + "".join(
-            f"{allocs_per_request[name][p]:>12,.2f}" for p in INSTR_PROTOCOLS))
+    log_per_protocol("allocations per request (calls into malloc or mimalloc, in the same runs)",
+                     allocs_per_request, ",.2f")
     return {"requests": INSTR_REQUESTS, "warmup_requests": INSTR_WARMUP_REQUESTS,
             "connections": INSTR_CONNS, "h2c_streams": INSTR_STREAMS,
             "pinned_cpu": pin.server, "per_request": per_request, "ratios": ratios,
