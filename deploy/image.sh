@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds an effe container image (`make image`): the profile-guided build of effe-host
-# (bench/pgo.sh, about 4 minutes; it executes a quarter fewer instructions per request; needs
+# (bench/pgo.sh, about 4 minutes; it executes 21–24% fewer instructions per request; needs
 # h2load), the root filesystem (deploy/rootfs.sh, under target/image/NAME/rootfs, inside the
 # build context), then `docker build --network none` of the Dockerfile, which pulls nothing
 # (FROM scratch). Prints the image's size.
